@@ -1,0 +1,3 @@
+from carbonflow.cli import app
+
+app(prog_name="carbonflow")

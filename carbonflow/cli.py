@@ -1,0 +1,112 @@
+"""The ``carbonflow`` command: local stack, database, each service, the simulator, the demo."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from carbonflow import logs
+from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings, StackSettings
+
+app = typer.Typer(help="CarbonFlow: real-time factory energy and emissions.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema and registry.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+LogLevel = Annotated[str, typer.Option("--log-level", envvar="CARBONFLOW_LOG_LEVEL")]
+
+
+def _register_stack() -> None:
+    try:
+        from carbonflow.stack.cli import stack_app
+    except ImportError:  # the stack extra is not installed (e.g. on an edge gateway)
+        return
+    app.add_typer(stack_app, name="stack", help="The local stack: Mosquitto, TimescaleDB, Kafka.")
+
+
+_register_stack()
+
+
+@db_app.command("migrate")
+def db_migrate(revision: str = "head", log_level: LogLevel = "INFO") -> None:
+    """Create or upgrade the database schema."""
+    from carbonflow import db
+
+    logs.configure(log_level)
+    db.migrate(DatabaseSettings(), revision)
+
+
+@db_app.command("seed-demo")
+def db_seed_demo(log_level: LogLevel = "INFO") -> None:
+    """Register the simulated demo factory (organisation, sites, lines, machines, devices)."""
+    import psycopg
+
+    from carbonflow.registry import upsert_layout
+    from edge.simulator.factory import demo_factory
+
+    logs.configure(log_level)
+    layout = demo_factory()
+    with psycopg.connect(DatabaseSettings().conninfo()) as conn:
+        upsert_layout(conn, layout)
+    typer.echo(f"registered {len(layout.machines)} devices on {len(layout.sites)} sites")
+
+
+@app.command()
+def ingest(log_level: LogLevel = "INFO") -> None:
+    """Run the MQTT -> Kafka ingest service."""
+    from services.ingest.bridge import run
+    from services.ingest.settings import IngestSettings
+
+    logs.configure(log_level)
+    run(MqttSettings(), KafkaSettings(), DatabaseSettings(), IngestSettings())
+
+
+@app.command()
+def stream(log_level: LogLevel = "INFO") -> None:
+    """Run a stream worker (Faust): readings and 1-minute energy into TimescaleDB."""
+    from services.stream.app import run
+    from services.stream.settings import StreamSettings
+
+    logs.configure(log_level)
+    run(KafkaSettings(), DatabaseSettings(), StreamSettings(), log_level)
+
+
+@app.command()
+def api(log_level: LogLevel = "INFO") -> None:
+    """Run the REST API."""
+    from services.api.main import run
+    from services.api.settings import ApiSettings
+
+    logs.configure(log_level)
+    run(ApiSettings(), DatabaseSettings())
+
+
+@app.command()
+def simulate(
+    replay_from: Annotated[
+        datetime | None, typer.Option(help="Replay history from this UTC time instead of live")
+    ] = None,
+    replay_to: Annotated[datetime | None, typer.Option(help="End of the replayed history")] = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run the factory simulator: live by default, or replay a historical range."""
+    from edge.simulator.publisher import run_simulator
+    from edge.simulator.settings import SimulatorSettings
+
+    logs.configure(log_level)
+    replay = None
+    if replay_from is not None or replay_to is not None:
+        if replay_from is None or replay_to is None:
+            raise typer.BadParameter("--replay-from and --replay-to go together")
+        replay = (replay_from, replay_to)
+    run_simulator(MqttSettings(), SimulatorSettings(), stop=None, replay=replay)
+
+
+@app.command()
+def demo(log_level: LogLevel = "INFO") -> None:
+    """Start everything on a simulated factory and run until Ctrl-C."""
+    from carbonflow.demo import run_demo
+
+    logs.configure(log_level)
+    run_demo(StackSettings(), MqttSettings(), KafkaSettings(), DatabaseSettings())

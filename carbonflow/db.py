@@ -1,0 +1,31 @@
+"""Database schema management through Alembic; the migrations live in infra/migrations/."""
+
+from __future__ import annotations
+
+import logging
+
+from alembic import command
+from alembic.config import Config
+
+from carbonflow.config import REPO_ROOT, DatabaseSettings
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = REPO_ROOT / "infra" / "migrations"
+
+
+def alembic_config(db: DatabaseSettings) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation would choke on a '%' in the password.
+    config.set_main_option("sqlalchemy.url", db.sqlalchemy_url().replace("%", "%%"))
+    return config
+
+
+def migrate(db: DatabaseSettings, revision: str = "head") -> None:
+    logger.info("migrating database %s on %s:%s to %s", db.name, db.host, db.port, revision)
+    command.upgrade(alembic_config(db), revision)
+
+
+def downgrade(db: DatabaseSettings, revision: str) -> None:
+    command.downgrade(alembic_config(db), revision)

@@ -1,0 +1,21 @@
+"""The root of every error CarbonFlow raises on purpose.
+
+Library errors (psycopg, aiokafka, paho, subprocess) are translated into these with
+``raise ... from exc`` at the adapter that met them, so callers catch one family.
+"""
+
+
+class CarbonFlowError(Exception):
+    """Base class for all CarbonFlow errors."""
+
+
+class ConfigurationError(CarbonFlowError):
+    """Settings are missing or inconsistent."""
+
+
+class StackError(CarbonFlowError):
+    """A local service could not be installed, started, probed or stopped."""
+
+
+class ServiceUnavailableError(CarbonFlowError):
+    """A backing service (database, broker) is not reachable."""

@@ -1,0 +1,144 @@
+"""CarbonFlow services as child processes: used by the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from carbonflow.config import MqttSettings
+from carbonflow.errors import CarbonFlowError
+
+T = TypeVar("T")
+
+
+class ServiceProcess:
+    """``python -m carbonflow <command>`` with its output in ``<log_dir>/<name>.log``."""
+
+    def __init__(
+        self,
+        command: str,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        name: str | None = None,
+        log_level: str = "INFO",
+    ) -> None:
+        self.name = name or command
+        self.log_path = log_dir / f"{self.name}.log"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "carbonflow", command, "--log-level", log_level],
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the parent only; it stops us in order
+            )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return f"--- last lines of {self.log_path} ---\n" + "\n".join(text[-lines:])
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@contextmanager
+def running(
+    command: str, log_dir: Path, env: Mapping[str, str] | None = None, **kwargs: str
+) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(command, log_dir, env, **kwargs)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+class WaitTimeoutError(CarbonFlowError, AssertionError):
+    """A condition polled by :func:`wait_for` did not come true in time."""
+
+
+def wait_for(
+    probe: Callable[[], T | None],
+    *,
+    timeout_s: float,
+    what: str,
+    services: tuple[ServiceProcess, ...] = (),
+    interval_s: float = 0.2,
+) -> T:
+    """Poll ``probe`` until it returns something other than None; fail with the logs if not."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while True:
+        result = probe()
+        if result is not None:
+            return result
+        dead = [s for s in services if not s.alive()]
+        if dead or time.monotonic() > deadline:
+            logs = "\n".join(s.log_tail() for s in services)
+            cause = f"{dead[0].name} exited" if dead else f"not within {timeout_s:.0f}s"
+            raise WaitTimeoutError(f"waiting for {what}: {cause}\n{logs}")
+        pause.wait(interval_s)
+
+
+def wait_for_status(
+    mqtt_settings: MqttSettings,
+    service: str,
+    instance: str,
+    state: str,
+    process: ServiceProcess,
+    timeout_s: float = 60.0,
+) -> None:
+    """Block until the retained presence message of a service instance says ``state``."""
+    import json
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    topic = mqtt_settings.service_status_topic(service, instance)
+    seen = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    if mqtt_settings.username:
+        password = mqtt_settings.password.get_secret_value() if mqtt_settings.password else None
+        client.username_pw_set(mqtt_settings.username, password)
+
+    def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        if json.loads(message.payload).get("state") == state:
+            seen.set()
+
+    def on_connect(c: mqtt.Client, *_: object) -> None:
+        c.subscribe(topic, qos=1)
+
+    client.on_message = on_message
+    client.on_connect = on_connect
+    client.connect(mqtt_settings.host, mqtt_settings.port)
+    client.loop_start()
+    try:
+        wait_for(
+            lambda: True if seen.is_set() else None,
+            timeout_s=timeout_s,
+            what=f"{topic} to say {state}",
+            services=(process,),
+        )
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -1,0 +1,1 @@
+"""The CarbonFlow REST API: registry, readings and energy per device, over TimescaleDB."""

@@ -1,0 +1,228 @@
+"""MQTT -> Kafka bridge: the composition root of the ingest service.
+
+An MQTT message is acknowledged (PUBACK) only after Kafka has acknowledged everything made
+from it, the valid record and the dead letters alike, so a crash at any point makes the
+broker deliver the message again; the stream processor's idempotent writes absorb that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from datetime import UTC, datetime, timedelta
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
+from carbonflow.errors import ServiceUnavailableError
+from services.ingest.devices import DeviceDirectory
+from services.ingest.settings import IngestSettings
+from services.ingest.validation import ValidationPolicy, device_from_topic, validate_message
+
+logger = logging.getLogger(__name__)
+
+
+class IngestBridge:
+    def __init__(
+        self,
+        mqtt_settings: MqttSettings,
+        kafka: KafkaSettings,
+        settings: IngestSettings,
+        devices: DeviceDirectory,
+    ) -> None:
+        self._mqtt = mqtt_settings
+        self._kafka = kafka
+        self._settings = settings
+        self._devices = devices
+        self._policy = ValidationPolicy(
+            max_future=timedelta(seconds=settings.max_future_s),
+            max_age=timedelta(days=settings.max_age_days),
+        )
+        self._status_topic = mqtt_settings.service_status_topic("ingest", settings.client_id)
+        self.forwarded = 0
+        self.rejected = 0
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._kafka.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=1024 * 1024,
+            max_request_size=4 * 1024 * 1024,
+        )
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            raise ServiceUnavailableError(
+                f"Kafka at {self._kafka.bootstrap_servers}: {exc}"
+            ) from exc
+        client = self._mqtt_client(lambda msg: loop.call_soon_threadsafe(inbox.put_nowait, msg))
+        try:
+            await self._devices.refresh()
+            await asyncio.to_thread(self._connect, client)
+            client.loop_start()
+            if ready is not None:
+                ready.set()
+            logger.info(
+                "ingest %s: MQTT %s:%s -> Kafka %s",
+                self._settings.client_id,
+                self._mqtt.host,
+                self._mqtt.port,
+                self._kafka.readings_topic,
+            )
+            while not stop.is_set():
+                batch = await _next_batch(inbox, stop, self._settings.batch_max_messages)
+                if batch:
+                    await self._forward(producer, client, batch)
+        finally:
+            client.publish(self._status_topic, _status_payload("offline"), qos=1, retain=True)
+            client.disconnect()
+            client.loop_stop()
+            await producer.stop()
+
+    def _mqtt_client(self, deliver: object) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._settings.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if self._mqtt.username:
+            password = self._mqtt.password.get_secret_value() if self._mqtt.password else None
+            client.username_pw_set(self._mqtt.username, password)
+        subscription = f"$share/{self._settings.share_group}/{self._mqtt.telemetry_filter}"
+        # Presence: retained "online" once subscribed, "offline" by last will or on shutdown.
+        client.will_set(self._status_topic, _status_payload("offline"), qos=1, retain=True)
+
+        def on_connect(
+            client: mqtt.Client, _u: object, _f: object, reason: object, _p: object
+        ) -> None:
+            logger.info("MQTT connected (%s); subscribing %s", reason, subscription)
+            client.subscribe(subscription, qos=1)
+
+        def on_subscribe(
+            client: mqtt.Client, _u: object, _mid: int, codes: object, _p: object
+        ) -> None:
+            client.publish(self._status_topic, _status_payload("online"), qos=1, retain=True)
+
+        def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+            deliver(message)  # type: ignore[operator]
+
+        client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
+        client.on_message = on_message
+        return client
+
+    def _connect(self, client: mqtt.Client) -> None:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._settings.session_expiry_s
+        properties.ReceiveMaximum = self._settings.receive_maximum
+        try:
+            client.connect(
+                self._mqtt.host,
+                self._mqtt.port,
+                keepalive=self._mqtt.keepalive_s,
+                clean_start=False,
+                properties=properties,
+            )
+        except OSError as exc:
+            raise ServiceUnavailableError(
+                f"MQTT at {self._mqtt.host}:{self._mqtt.port}: {exc}"
+            ) from exc
+
+    async def _forward(
+        self, producer: AIOKafkaProducer, client: mqtt.Client, batch: list[mqtt.MQTTMessage]
+    ) -> None:
+        received_at = datetime.now(UTC)
+        root = self._mqtt.topic_root
+        topic_devices = {msg.topic: device_from_topic(msg.topic, root) for msg in batch}
+        await self._devices.refresh_if_stale(wanted={d for d in topic_devices.values() if d})
+        sends: list[tuple[str, bytes, bytes]] = []
+        for msg in batch:
+            outcome = validate_message(
+                msg.topic,
+                bytes(msg.payload),
+                received_at=received_at,
+                known_devices=self._devices,
+                topic_device_id=topic_devices[msg.topic],
+                policy=self._policy,
+            )
+            if outcome.record is not None:
+                record = outcome.record
+                sends.append(
+                    (
+                        self._kafka.readings_topic,
+                        record.device_id.encode(),
+                        record.model_dump_json().encode(),
+                    )
+                )
+                self.forwarded += 1
+            for reject in outcome.rejects:
+                logger.info("dead letter %s: %s (%s)", reject.reason, reject.detail, msg.topic)
+                key = (reject.device_id or "").encode()
+                sends.append((self._kafka.deadletter_topic, key, reject.model_dump_json().encode()))
+                self.rejected += 1
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(KafkaError),
+            wait=wait_exponential(multiplier=0.2, max=10),
+            before_sleep=lambda state: logger.warning(
+                "Kafka send failed (%s); retrying", state.outcome and state.outcome.exception()
+            ),
+        ):
+            with attempt:
+                futures = [await producer.send(t, key=k, value=v) for t, k, v in sends]
+                await asyncio.gather(*futures)
+        for msg in batch:
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+
+
+def _status_payload(state: str) -> bytes:
+    return json.dumps({"state": state, "at": datetime.now(UTC).isoformat()}).encode()
+
+
+async def _next_batch(
+    inbox: asyncio.Queue[mqtt.MQTTMessage], stop: asyncio.Event, limit: int
+) -> list[mqtt.MQTTMessage]:
+    """Wait for one message (or stop), then take whatever else is already waiting."""
+    getter = asyncio.ensure_future(inbox.get())
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if getter not in done:
+        getter.cancel()
+        return []
+    batch = [getter.result()]
+    while len(batch) < limit and not inbox.empty():
+        batch.append(inbox.get_nowait())
+    return batch
+
+
+def run(
+    mqtt_settings: MqttSettings,
+    kafka: KafkaSettings,
+    db: DatabaseSettings,
+    settings: IngestSettings,
+) -> None:
+    """Run one ingest instance until SIGINT/SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        devices = DeviceDirectory(db, settings.device_refresh_s)
+        await IngestBridge(mqtt_settings, kafka, settings, devices).run(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,158 @@
+"""Validation of incoming telemetry: the telemetry contract plus the platform's own rules.
+
+Pure domain code: the caller passes the clock reading and the device directory. A bad
+reading is rejected on its own; the valid readings next to it go through.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Container
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas import (
+    METRIC_UNITS,
+    DeadLetterReason,
+    DeadLetterRecord,
+    Reading,
+    ReadingsRecord,
+    TelemetryBatch,
+)
+
+MAX_PAYLOAD_ECHO = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationPolicy:
+    max_future: timedelta = timedelta(minutes=5)
+    max_age: timedelta = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A record to forward (``None`` when nothing in the message was valid) and the rejects."""
+
+    record: ReadingsRecord | None
+    rejects: list[DeadLetterRecord] = field(default_factory=list)
+
+
+def validate_message(
+    topic: str,
+    payload: bytes,
+    *,
+    received_at: datetime,
+    known_devices: Container[str],
+    topic_device_id: str | None,
+    policy: ValidationPolicy,
+) -> Outcome:
+    """Check one MQTT message; every problem becomes a dead-letter record with a reason."""
+
+    def reject(
+        reason: DeadLetterReason,
+        detail: str,
+        device_id: str | None = None,
+        index: int | None = None,
+        item: Any = None,
+    ) -> DeadLetterRecord:
+        echo = payload if item is None else json.dumps(item, allow_nan=True).encode()
+        return DeadLetterRecord(
+            reason=reason,
+            detail=detail,
+            source=topic,
+            received_at=received_at,
+            device_id=device_id,
+            reading_index=index,
+            payload=echo[:MAX_PAYLOAD_ECHO].decode("utf-8", errors="replace"),
+        )
+
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return Outcome(None, [reject(DeadLetterReason.MALFORMED_JSON, f"not JSON: {exc}")])
+    if not isinstance(document, dict) or not isinstance(document.get("readings"), list):
+        detail = "expected an object with a 'readings' array"
+        return Outcome(None, [reject(DeadLetterReason.SCHEMA_VIOLATION, detail)])
+
+    raw_readings: list[Any] = document["readings"]
+    try:
+        # The envelope is checked with a placeholder reading; readings are checked one by one.
+        envelope = TelemetryBatch.model_validate(
+            {**document, "readings": [_PLACEHOLDER]} if raw_readings else document
+        )
+    except ValidationError as exc:
+        return Outcome(None, [reject(DeadLetterReason.SCHEMA_VIOLATION, _describe(exc))])
+
+    device_id = envelope.device_id
+    if topic_device_id is not None and topic_device_id != device_id:
+        detail = f"topic names device {topic_device_id!r} but the batch is for {device_id!r}"
+        return Outcome(None, [reject(DeadLetterReason.TOPIC_MISMATCH, detail, device_id)])
+    if device_id not in known_devices:
+        detail = f"device {device_id!r} is not registered"
+        return Outcome(None, [reject(DeadLetterReason.UNKNOWN_DEVICE, detail, device_id)])
+
+    accepted: list[Reading] = []
+    rejects: list[DeadLetterRecord] = []
+    for index, item in enumerate(raw_readings):
+        problem = _check_reading(item, received_at, policy)
+        if isinstance(problem, Reading):
+            accepted.append(problem)
+        else:
+            reason, detail = problem
+            rejects.append(reject(reason, detail, device_id, index, item))
+    if not accepted:
+        return Outcome(None, rejects)
+    record = ReadingsRecord.model_construct(
+        **envelope.model_dump(exclude={"readings"}), readings=accepted, received_at=received_at
+    )
+    return Outcome(record, rejects)
+
+
+_PLACEHOLDER = {"ts": "2000-01-01T00:00:00Z", "metric": "active_power", "value": 0, "unit": "W"}
+
+
+def _check_reading(
+    item: Any, received_at: datetime, policy: ValidationPolicy
+) -> Reading | tuple[DeadLetterReason, str]:
+    if isinstance(item, dict):
+        value = item.get("value")
+        if isinstance(value, float) and not math.isfinite(value):
+            return DeadLetterReason.NON_FINITE_VALUE, f"value {value} is not a finite number"
+    try:
+        reading = Reading.model_validate(item)
+    except ValidationError as exc:
+        return DeadLetterReason.SCHEMA_VIOLATION, _describe(exc)
+    expected_unit = METRIC_UNITS.get(reading.metric)
+    if expected_unit is None:
+        return DeadLetterReason.UNKNOWN_METRIC, f"metric {reading.metric!r} is not known"
+    if reading.unit != expected_unit:
+        detail = f"{reading.metric} must be in {expected_unit!r}, got {reading.unit!r}"
+        return DeadLetterReason.UNIT_MISMATCH, detail
+    if reading.ts > received_at + policy.max_future:
+        detail = f"ts {reading.ts.isoformat()} is more than {policy.max_future} in the future"
+        return DeadLetterReason.TIMESTAMP_IN_FUTURE, detail
+    if reading.ts < received_at - policy.max_age:
+        detail = f"ts {reading.ts.isoformat()} is older than {policy.max_age}"
+        return DeadLetterReason.TIMESTAMP_TOO_OLD, detail
+    return reading
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        location = ".".join(str(part) for part in error["loc"]) or "(root)"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def device_from_topic(topic: str, topic_root: str) -> str | None:
+    """The device id in ``<root>/telemetry/<gateway>/<device>``, or None if it does not fit."""
+    prefix = f"{topic_root}/telemetry/"
+    if not topic.startswith(prefix):
+        return None
+    parts = topic[len(prefix) :].split("/")
+    return parts[1] if len(parts) == 2 else None

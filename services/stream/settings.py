@@ -1,0 +1,19 @@
+"""Settings of the stream processor (env prefix ``CARBONFLOW_STREAM_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StreamSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CARBONFLOW_STREAM_")
+
+    app_id: str = Field(default="carbonflow-stream", description="Faust app id = consumer group")
+    batch_max_events: int = Field(default=500, ge=1, description="Kafka records per batch")
+    batch_within_s: float = Field(default=0.5, gt=0, description="Longest wait to fill a batch")
+    max_gap_s: float = Field(
+        default=120.0, gt=0, description="Samples further apart are a gap, not integrated"
+    )
+    web_port: int = Field(default=16066, description="Faust's own web server (metrics, health)")
+    data_dir: str | None = Field(default=None, description="Faust data dir; default: a temp dir")

@@ -1,0 +1,116 @@
+"""Ingest validation: every kind of bad input gets its reason, valid neighbours go through."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from schemas import DeadLetterReason
+from services.ingest.validation import ValidationPolicy, device_from_topic, validate_message
+
+NOW = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+KNOWN = {"press-01"}
+TOPIC = "cf/v1/telemetry/gw-1/press-01"
+
+
+def reading(offset_s: float = -1, value: object = 1500.0, **extra: object) -> dict[str, object]:
+    ts = (NOW + timedelta(seconds=offset_s)).isoformat()
+    return {"ts": ts, "metric": "active_power", "value": value, "unit": "W", **extra}
+
+
+def message(readings: list[object], **overrides: object) -> bytes:
+    batch: dict[str, object] = {
+        "gateway_id": "gw-1",
+        "device_id": "press-01",
+        "session_id": "s1",
+        "seq": 3,
+        "sent_at": NOW.isoformat(),
+        "readings": readings,
+    }
+    batch.update(overrides)
+    return json.dumps(batch).encode()
+
+
+def check(payload: bytes, topic_device: str | None = "press-01"):  # type: ignore[no-untyped-def]
+    return validate_message(
+        TOPIC,
+        payload,
+        received_at=NOW,
+        known_devices=KNOWN,
+        topic_device_id=topic_device,
+        policy=ValidationPolicy(),
+    )
+
+
+def test_valid_batch_is_forwarded_whole() -> None:
+    outcome = check(message([reading(-2), reading(-1)]))
+    assert outcome.rejects == []
+    assert outcome.record is not None
+    assert outcome.record.received_at == NOW
+    assert [r.value for r in outcome.record.readings] == [1500.0, 1500.0]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", DeadLetterReason.MALFORMED_JSON),
+        (b"\xff\xfe", DeadLetterReason.MALFORMED_JSON),
+        (b"[1, 2]", DeadLetterReason.SCHEMA_VIOLATION),
+        (message([reading()], seq="three"), DeadLetterReason.SCHEMA_VIOLATION),
+        (message([reading()], device_id="ghost-9"), DeadLetterReason.TOPIC_MISMATCH),
+    ],
+)
+def test_whole_message_rejects(payload: bytes, reason: DeadLetterReason) -> None:
+    outcome = check(payload)
+    assert outcome.record is None
+    assert [r.reason for r in outcome.rejects] == [reason]
+    assert outcome.rejects[0].source == TOPIC
+
+
+def test_unknown_device_is_rejected() -> None:
+    outcome = check(message([reading()], device_id="ghost-9"), topic_device="ghost-9")
+    assert outcome.record is None
+    assert outcome.rejects[0].reason is DeadLetterReason.UNKNOWN_DEVICE
+    assert outcome.rejects[0].device_id == "ghost-9"
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (reading(value=float("nan")), DeadLetterReason.NON_FINITE_VALUE),
+        (reading(value=float("inf")), DeadLetterReason.NON_FINITE_VALUE),
+        (reading(value="high"), DeadLetterReason.SCHEMA_VIOLATION),
+        (reading(offset_s=3600), DeadLetterReason.TIMESTAMP_IN_FUTURE),
+        (reading(offset_s=-40 * 86400), DeadLetterReason.TIMESTAMP_TOO_OLD),
+        ({**reading(), "unit": "kW"}, DeadLetterReason.UNIT_MISMATCH),
+        ({**reading(), "metric": "mood"}, DeadLetterReason.UNKNOWN_METRIC),
+        ({**reading(), "ts": "2026-11-29T07:00:00"}, DeadLetterReason.SCHEMA_VIOLATION),
+    ],
+)
+def test_bad_reading_is_rejected_alone(bad: dict[str, object], reason: DeadLetterReason) -> None:
+    outcome = check(message([reading(-3), bad, reading(-1)]))
+    assert outcome.record is not None
+    assert len(outcome.record.readings) == 2
+    assert [(r.reason, r.reading_index) for r in outcome.rejects] == [(reason, 1)]
+    assert outcome.rejects[0].device_id == "press-01"
+
+
+def test_batch_of_only_bad_readings_forwards_nothing() -> None:
+    outcome = check(message([reading(value=float("nan"))]))
+    assert outcome.record is None
+    assert len(outcome.rejects) == 1
+
+
+def test_nan_literal_in_raw_json_is_a_non_finite_reject() -> None:
+    payload = message([reading()]).replace(b"1500.0", b"NaN")
+    outcome = check(payload)
+    assert outcome.record is None
+    assert outcome.rejects[0].reason is DeadLetterReason.NON_FINITE_VALUE
+
+
+def test_device_from_topic() -> None:
+    assert device_from_topic("cf/v1/telemetry/gw-1/press-01", "cf/v1") == "press-01"
+    assert device_from_topic("cf/v1/telemetry/gw-1", "cf/v1") is None
+    assert device_from_topic("other/telemetry/gw/dev", "cf/v1") is None
