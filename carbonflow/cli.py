@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated
 
@@ -14,7 +15,15 @@ app = typer.Typer(help="CarbonFlow: real-time factory energy and emissions.", no
 db_app = typer.Typer(help="Database schema and registry.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-LogLevel = Annotated[str, typer.Option("--log-level", envvar="CARBONFLOW_LOG_LEVEL")]
+
+@app.callback()
+def main(
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="CARBONFLOW_LOG_LEVEL", help="DEBUG, INFO, ...")
+    ] = "INFO",
+) -> None:
+    """Logging is configured here, once, for every command."""
+    logs.configure(log_level)
 
 
 def _register_stack() -> None:
@@ -29,23 +38,21 @@ _register_stack()
 
 
 @db_app.command("migrate")
-def db_migrate(revision: str = "head", log_level: LogLevel = "INFO") -> None:
+def db_migrate(revision: str = "head") -> None:
     """Create or upgrade the database schema."""
     from carbonflow import db
 
-    logs.configure(log_level)
     db.migrate(DatabaseSettings(), revision)
 
 
 @db_app.command("seed-demo")
-def db_seed_demo(log_level: LogLevel = "INFO") -> None:
+def db_seed_demo() -> None:
     """Register the simulated demo factory (organisation, sites, lines, machines, devices)."""
     import psycopg
 
     from carbonflow.registry import upsert_layout
     from edge.simulator.factory import demo_factory
 
-    logs.configure(log_level)
     layout = demo_factory()
     with psycopg.connect(DatabaseSettings().conninfo()) as conn:
         upsert_layout(conn, layout)
@@ -53,32 +60,31 @@ def db_seed_demo(log_level: LogLevel = "INFO") -> None:
 
 
 @app.command()
-def ingest(log_level: LogLevel = "INFO") -> None:
+def ingest() -> None:
     """Run the MQTT -> Kafka ingest service."""
     from services.ingest.bridge import run
     from services.ingest.settings import IngestSettings
 
-    logs.configure(log_level)
     run(MqttSettings(), KafkaSettings(), DatabaseSettings(), IngestSettings())
 
 
 @app.command()
-def stream(log_level: LogLevel = "INFO") -> None:
+def stream() -> None:
     """Run a stream worker (Faust): readings and 1-minute energy into TimescaleDB."""
     from services.stream.app import run
     from services.stream.settings import StreamSettings
 
-    logs.configure(log_level)
-    run(KafkaSettings(), DatabaseSettings(), StreamSettings(), log_level)
+    # Faust's worker sets up logging again; hand it the level chosen on the command line.
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    run(KafkaSettings(), DatabaseSettings(), StreamSettings(), level)
 
 
 @app.command()
-def api(log_level: LogLevel = "INFO") -> None:
+def api() -> None:
     """Run the REST API."""
     from services.api.main import run
     from services.api.settings import ApiSettings
 
-    logs.configure(log_level)
     run(ApiSettings(), DatabaseSettings())
 
 
@@ -88,13 +94,11 @@ def simulate(
         datetime | None, typer.Option(help="Replay history from this UTC time instead of live")
     ] = None,
     replay_to: Annotated[datetime | None, typer.Option(help="End of the replayed history")] = None,
-    log_level: LogLevel = "INFO",
 ) -> None:
     """Run the factory simulator: live by default, or replay a historical range."""
     from edge.simulator.publisher import run_simulator
     from edge.simulator.settings import SimulatorSettings
 
-    logs.configure(log_level)
     replay = None
     if replay_from is not None or replay_to is not None:
         if replay_from is None or replay_to is None:
@@ -104,9 +108,8 @@ def simulate(
 
 
 @app.command()
-def demo(log_level: LogLevel = "INFO") -> None:
+def demo() -> None:
     """Start everything on a simulated factory and run until Ctrl-C."""
     from carbonflow.demo import run_demo
 
-    logs.configure(log_level)
     run_demo(StackSettings(), MqttSettings(), KafkaSettings(), DatabaseSettings())

@@ -35,7 +35,7 @@ class ServiceProcess:
         self.log_path = log_dir / f"{self.name}.log"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "carbonflow", command, "--log-level", log_level],
+                [sys.executable, "-m", "carbonflow", "--log-level", log_level, command],
                 env={**os.environ, **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
