@@ -44,8 +44,15 @@ def parse_bootstrap(bootstrap_servers: str) -> tuple[str, int]:
 
 
 def new_cluster_id() -> str:
-    """What `kafka-storage.sh random-uuid` prints: a URL-safe base64 UUID without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """What `kafka-storage.sh random-uuid` prints: a URL-safe base64 UUID without padding.
+
+    Like Kafka's own Uuid.randomUuid(), never one starting with '-': the storage tool's
+    argument parser would take it for an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class KafkaService(Service):
