@@ -17,6 +17,7 @@ class DeadLetterReason(StrEnum):
     NON_FINITE_VALUE = "non_finite_value"
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
     TIMESTAMP_TOO_OLD = "timestamp_too_old"
+    STORAGE_REJECTED = "storage_rejected"  # the database refused it, e.g. a device since deleted
 
 
 class DeadLetterRecord(BaseModel):

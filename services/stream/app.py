@@ -16,7 +16,7 @@ import faust
 from psycopg_pool import AsyncConnectionPool
 
 from carbonflow.config import DatabaseSettings, KafkaSettings
-from services.stream.pipeline import decode_records, process_batch
+from services.stream.pipeline import decode_records, store_batch
 from services.stream.settings import StreamSettings
 
 logger = logging.getLogger(__name__)
@@ -50,13 +50,21 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
             async for values in stream.take(
                 settings.batch_max_events, within=settings.batch_within_s
             ):
-                records, rejects = decode_records(values, kafka.readings_topic, datetime.now(UTC))
-                for reject in rejects:
-                    await deadletter_topic.send(key=b"", value=reject.model_dump_json().encode())
+                now = datetime.now(UTC)
+                records, rejects = decode_records(values, kafka.readings_topic, now)
                 if records:
-                    async with pool.connection() as conn:
-                        result = await process_batch(conn, records, settings.max_gap_s)
+                    result, refused = await store_batch(
+                        pool, records, settings.max_gap_s, source=kafka.readings_topic, now=now
+                    )
+                    rejects.extend(refused)
                     logger.debug("stored %s", result)
+                for reject in rejects:
+                    key = (reject.device_id or "").encode()
+                    # Wait for Kafka's ack: the offset of this batch may be committed next.
+                    sent = await deadletter_topic.send(
+                        key=key, value=reject.model_dump_json().encode()
+                    )
+                    await sent
         finally:
             await pool.close()
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from schemas import DeadLetterReason, DeadLetterRecord, ReadingsRecord
 from services.stream import store
@@ -68,3 +70,66 @@ async def process_batch(
             await store.upsert_energy(conn, intervals)
             minutes = len(intervals)
     return BatchResult(records=len(records), new_readings=new_readings, energy_minutes=minutes)
+
+
+# Errors that say "this data", not "the database is away": retrying would never succeed.
+_REFUSED = (psycopg.IntegrityError, psycopg.DataError)
+
+
+async def store_batch(
+    pool: AsyncConnectionPool,
+    records: Sequence[ReadingsRecord],
+    max_gap_s: float,
+    *,
+    source: str,
+    now: datetime,
+) -> tuple[BatchResult, list[DeadLetterRecord]]:
+    """Process a batch, waiting out database outages; records it refuses become dead letters.
+
+    Nothing is skipped while the database is unreachable (the caller's offsets do not move),
+    and one record the database refuses does not hold back the records around it.
+    """
+    try:
+        return await _with_retry(pool, records, max_gap_s), []
+    except _REFUSED as exc:
+        logger.warning("batch refused (%s); storing its %d records one by one", exc, len(records))
+    stored = BatchResult(records=0, new_readings=0, energy_minutes=0)
+    rejects: list[DeadLetterRecord] = []
+    for record in records:
+        try:
+            result = await _with_retry(pool, [record], max_gap_s)
+        except _REFUSED as exc:
+            rejects.append(
+                DeadLetterRecord(
+                    reason=DeadLetterReason.STORAGE_REJECTED,
+                    detail=f"{type(exc).__name__}: {exc}".strip()[:2000],
+                    source=source,
+                    received_at=now,
+                    device_id=record.device_id,
+                    payload=record.model_dump_json(),
+                )
+            )
+            continue
+        stored = BatchResult(
+            records=stored.records + result.records,
+            new_readings=stored.new_readings + result.new_readings,
+            energy_minutes=stored.energy_minutes + result.energy_minutes,
+        )
+    return stored, rejects
+
+
+async def _with_retry(
+    pool: AsyncConnectionPool, records: Sequence[ReadingsRecord], max_gap_s: float
+) -> BatchResult:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type((psycopg.OperationalError, PoolTimeout)),
+        wait=wait_exponential(multiplier=0.5, max=30),
+        before_sleep=lambda state: logger.warning(
+            "database unavailable (%s); retrying", state.outcome and state.outcome.exception()
+        ),
+        reraise=True,
+    ):
+        with attempt:
+            async with pool.connection() as conn:
+                return await process_batch(conn, records, max_gap_s)
+    raise AssertionError("unreachable: AsyncRetrying either returns or raises")

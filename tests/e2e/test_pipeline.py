@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.registry import upsert_layout
 from carbonflow.stack.kafka_admin import ensure_topics
-from carbonflow.supervise import running, wait_for, wait_for_status
+from carbonflow.supervise import ServiceProcess, running, wait_for, wait_for_status
 from edge.simulator.factory import FactoryLayout, PowerModel, demo_factory
 from edge.simulator.publisher import Publisher
 from schemas import Reading, TelemetryBatch
@@ -167,17 +167,21 @@ def published(
     ]
     mixed_payload = json.dumps(mixed).replace('"NaN"', "NaN").encode()
     ghost = known.batches[0].model_copy(update={"device_id": "ghost-device-1"})
+    half = len(known.batches) // 2
     with Publisher(mqtt_settings, client_id=f"e2e-sim-{SEED}") as publisher:
-        for batch in known.batches:
-            publisher.publish_batch(batch)
-        for batch in known.batches[::5]:  # at-least-once upstream: send some batches again
-            publisher.publish_batch(batch)
+        # Bad input first and in the middle: the services must go on and lose nothing after it.
         publisher.publish_raw(topic, b'{"gateway_id": "gw", "readings": [')
+        for batch in known.batches[:half]:
+            publisher.publish_batch(batch)
         publisher.publish_raw(topic, mixed_payload)
         publisher.publish_raw(
             mqtt_settings.telemetry_topic(machine.gateway_id, "ghost-device-1"),
             ghost.model_dump_json().encode(),
         )
+        for batch in known.batches[half:]:
+            publisher.publish_batch(batch)
+        for batch in known.batches[::5]:  # at-least-once upstream: send some batches again
+            publisher.publish_batch(batch)
         publisher.flush(timeout=60)
     # The one valid reading of the mixed batch must be stored next to the known set.
     valid_neighbour = (start - timedelta(seconds=7), mixed["readings"][0]["value"])
@@ -309,3 +313,12 @@ def test_the_api_serves_the_same_data(
     missing = httpx.get(f"{base}/v1/devices/no-such-device/readings", params=window)
     assert missing.status_code == 404
     assert missing.headers["content-type"].startswith("application/problem+json")
+
+
+def test_services_are_still_running_after_bad_input(
+    stored: object, services: dict[str, object]
+) -> None:
+    for name in ("ingest", "stream", "api"):
+        process = services[name]
+        assert isinstance(process, ServiceProcess)
+        assert process.alive(), process.log_tail()
