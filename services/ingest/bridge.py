@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as mqtt
@@ -19,10 +20,12 @@ from aiokafka.errors import KafkaError
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from prometheus_client import start_http_server
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.errors import ServiceUnavailableError
+from services.ingest import metrics
 from services.ingest.devices import DeviceDirectory
 from services.ingest.settings import IngestSettings
 from services.ingest.validation import ValidationPolicy, device_from_topic, validate_message
@@ -47,8 +50,6 @@ class IngestBridge:
             max_age=timedelta(days=settings.max_age_days),
         )
         self._status_topic = mqtt_settings.service_status_topic("ingest", settings.client_id)
-        self.forwarded = 0
-        self.rejected = 0
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -148,6 +149,8 @@ class IngestBridge:
         root = self._mqtt.topic_root
         topic_devices = {msg.topic: device_from_topic(msg.topic, root) for msg in batch}
         await self._devices.refresh_if_stale(wanted={d for d in topic_devices.values() if d})
+        started = time.perf_counter()
+        metrics.MESSAGES.inc(len(batch))
         sends: list[tuple[str, bytes, bytes]] = []
         for msg in batch:
             outcome = validate_message(
@@ -167,18 +170,16 @@ class IngestBridge:
                         record.model_dump_json().encode(),
                     )
                 )
-                self.forwarded += 1
+                metrics.READINGS_FORWARDED.inc(len(record.readings))
             for reject in outcome.rejects:
                 logger.info("dead letter %s: %s (%s)", reject.reason, reject.detail, msg.topic)
                 key = (reject.device_id or "").encode()
                 sends.append((self._kafka.deadletter_topic, key, reject.model_dump_json().encode()))
-                self.rejected += 1
+                metrics.DEAD_LETTERS.labels(reject.reason.value).inc()
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(KafkaError),
             wait=wait_exponential(multiplier=0.2, max=10),
-            before_sleep=lambda state: logger.warning(
-                "Kafka send failed (%s); retrying", state.outcome and state.outcome.exception()
-            ),
+            before_sleep=_log_kafka_retry,
         ):
             with attempt:
                 futures = [await producer.send(t, key=k, value=v) for t, k, v in sends]
@@ -186,6 +187,12 @@ class IngestBridge:
         for msg in batch:
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
+        metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
+
+
+def _log_kafka_retry(state: RetryCallState) -> None:
+    metrics.KAFKA_RETRIES.inc()
+    logger.warning("Kafka send failed (%s); retrying", state.outcome and state.outcome.exception())
 
 
 def _status_payload(state: str) -> bytes:
@@ -222,6 +229,8 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, addr=settings.metrics_host)
         devices = DeviceDirectory(db, settings.device_refresh_s)
         await IngestBridge(mqtt_settings, kafka, settings, devices).run(stop)
 

@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
 from psycopg_pool import AsyncConnectionPool
 
 from carbonflow.config import DatabaseSettings, KafkaSettings
+from services.stream import metrics
 from services.stream.pipeline import decode_records, store_batch
 from services.stream.settings import StreamSettings
 
@@ -37,6 +39,8 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
         web_port=settings.web_port,
         web_in_thread=False,
     )
+    # Faust's own consumer/producer metrics and ours, on Faust's web server at /metrics.
+    setup_prometheus_sensors(app, name_prefix="carbonflow_faust")
     readings_topic = app.topic(kafka.readings_topic, key_type=bytes, value_type=bytes)
     deadletter_topic = app.topic(kafka.deadletter_topic, key_type=bytes, value_type=bytes)
     pool = AsyncConnectionPool(
@@ -51,14 +55,19 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
                 settings.batch_max_events, within=settings.batch_within_s
             ):
                 now = datetime.now(UTC)
+                metrics.RECORDS.inc(len(values))
                 records, rejects = decode_records(values, kafka.readings_topic, now)
                 if records:
-                    result, refused = await store_batch(
-                        pool, records, settings.max_gap_s, source=kafka.readings_topic, now=now
-                    )
+                    with metrics.BATCH_SECONDS.time():
+                        result, refused = await store_batch(
+                            pool, records, settings.max_gap_s, source=kafka.readings_topic, now=now
+                        )
                     rejects.extend(refused)
+                    metrics.READINGS_STORED.inc(result.new_readings)
+                    metrics.ENERGY_MINUTES.inc(result.energy_minutes)
                     logger.debug("stored %s", result)
                 for reject in rejects:
+                    metrics.DEAD_LETTERS.labels(reject.reason.value).inc()
                     key = (reject.device_id or "").encode()
                     # Wait for Kafka's ack: the offset of this batch may be committed next.
                     sent = await deadletter_topic.send(

@@ -10,10 +10,10 @@ from datetime import datetime
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from schemas import DeadLetterReason, DeadLetterRecord, ReadingsRecord
-from services.stream import store
+from services.stream import metrics, store
 from services.stream.energy import POWER_METRIC, affected_windows, energy_intervals
 
 logger = logging.getLogger(__name__)
@@ -124,12 +124,17 @@ async def _with_retry(
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type((psycopg.OperationalError, PoolTimeout)),
         wait=wait_exponential(multiplier=0.5, max=30),
-        before_sleep=lambda state: logger.warning(
-            "database unavailable (%s); retrying", state.outcome and state.outcome.exception()
-        ),
+        before_sleep=_log_db_retry,
         reraise=True,
     ):
         with attempt:
             async with pool.connection() as conn:
                 return await process_batch(conn, records, max_gap_s)
     raise AssertionError("unreachable: AsyncRetrying either returns or raises")
+
+
+def _log_db_retry(state: RetryCallState) -> None:
+    metrics.DB_RETRIES.inc()
+    logger.warning(
+        "database unavailable (%s); retrying", state.outcome and state.outcome.exception()
+    )

@@ -20,6 +20,7 @@ import httpx
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
 
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.registry import upsert_layout
@@ -118,7 +119,7 @@ def services(
 ) -> Iterator[dict[str, object]]:
     mqtt_settings, kafka = settings
     log_dir = tmp_path_factory.mktemp("e2e-logs")
-    api_port = free_port()
+    api_port, ingest_metrics_port, stream_web_port = free_port(), free_port(), free_port()
     env = {
         "CARBONFLOW_DB_NAME": db_settings.name,
         "CARBONFLOW_MQTT_TOPIC_ROOT": mqtt_settings.topic_root,
@@ -127,7 +128,8 @@ def services(
         "CARBONFLOW_KAFKA_PARTITIONS": str(kafka.partitions),
         "CARBONFLOW_INGEST_CLIENT_ID": f"ingest-e2e-{run_id}",
         "CARBONFLOW_STREAM_APP_ID": f"stream-e2e-{run_id}",
-        "CARBONFLOW_STREAM_WEB_PORT": str(free_port()),
+        "CARBONFLOW_INGEST_METRICS_PORT": str(ingest_metrics_port),
+        "CARBONFLOW_STREAM_WEB_PORT": str(stream_web_port),
         "CARBONFLOW_STREAM_MAX_GAP_S": str(MAX_GAP_S),
         "CARBONFLOW_STREAM_DATA_DIR": str(log_dir / "faust"),
         "CARBONFLOW_API_PORT": str(api_port),
@@ -140,7 +142,14 @@ def services(
         wait_for_status(mqtt_settings, "ingest", f"ingest-e2e-{run_id}", "online", ingest)
         base = f"http://127.0.0.1:{api_port}"
         wait_for(lambda: _ready(base), timeout_s=60, what="API readiness", services=(api,))
-        yield {"ingest": ingest, "stream": stream, "api": api, "base_url": base}
+        yield {
+            "ingest": ingest,
+            "stream": stream,
+            "api": api,
+            "base_url": base,
+            "ingest_metrics": f"http://127.0.0.1:{ingest_metrics_port}/metrics",
+            "stream_metrics": f"http://127.0.0.1:{stream_web_port}/metrics",
+        }
 
 
 def _ready(base: str) -> bool | None:
@@ -322,3 +331,28 @@ def test_services_are_still_running_after_bad_input(
         process = services[name]
         assert isinstance(process, ServiceProcess)
         assert process.alive(), process.log_tail()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(url, timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_what_happened(
+    published: Known, stored: list[tuple[str, datetime, float]], services: dict[str, object]
+) -> None:
+    ingest = scrape(str(services["ingest_metrics"]))
+    sent = len(published.batches) + len(published.batches[::5]) + 3
+    assert ingest[("carbonflow_ingest_messages_total", ())] == sent
+    for reason in ("malformed_json", "non_finite_value", "unknown_device"):
+        assert ingest[("carbonflow_ingest_dead_letters_total", (("reason", reason),))] == 1
+    forwarded = sum(len(b.readings) for b in published.batches + published.batches[::5]) + 1
+    assert ingest[("carbonflow_ingest_readings_forwarded_total", ())] == forwarded
+
+    stream = scrape(str(services["stream_metrics"]))
+    assert stream[("carbonflow_stream_readings_stored_total", ())] == len(stored)
+    assert any(name.startswith("carbonflow_faust_") for name, _ in stream)

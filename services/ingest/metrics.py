@@ -1,0 +1,19 @@
+"""Prometheus metrics of the ingest service, served on 127.0.0.1 at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+MESSAGES = Counter("carbonflow_ingest_messages", "MQTT messages received")
+READINGS_FORWARDED = Counter(
+    "carbonflow_ingest_readings_forwarded", "Valid readings written to the readings topic"
+)
+DEAD_LETTERS = Counter(
+    "carbonflow_ingest_dead_letters", "Rejected messages or readings, by reason", ["reason"]
+)
+KAFKA_RETRIES = Counter("carbonflow_ingest_kafka_retries", "Kafka sends retried after an error")
+FORWARD_SECONDS = Histogram(
+    "carbonflow_ingest_forward_seconds",
+    "From taking a batch of MQTT messages to Kafka acknowledging all of it",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

@@ -1,0 +1,22 @@
+"""Prometheus metrics of the stream worker, served by Faust's web server at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+RECORDS = Counter("carbonflow_stream_records", "Readings records taken from Kafka")
+READINGS_STORED = Counter(
+    "carbonflow_stream_readings_stored", "Readings newly stored (redeliveries not counted)"
+)
+ENERGY_MINUTES = Counter(
+    "carbonflow_stream_energy_minutes_written", "Per-minute energy rows computed and upserted"
+)
+DEAD_LETTERS = Counter(
+    "carbonflow_stream_dead_letters", "Records sent to the dead-letter topic, by reason", ["reason"]
+)
+DB_RETRIES = Counter("carbonflow_stream_db_retries", "Batches retried after a database error")
+BATCH_SECONDS = Histogram(
+    "carbonflow_stream_batch_seconds",
+    "Time to store one batch and recompute its energy, in one transaction",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
