@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -18,6 +19,12 @@ class DeadLetterReason(StrEnum):
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
     TIMESTAMP_TOO_OLD = "timestamp_too_old"
     STORAGE_REJECTED = "storage_rejected"  # the database refused it, e.g. a device since deleted
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNPROCESSABLE = "unprocessable"  # validation itself failed; the detail says how
+
+
+#: How much of an offending input a dead letter keeps (characters).
+MAX_PAYLOAD_ECHO = 64 * 1024
 
 
 class DeadLetterRecord(BaseModel):
@@ -33,3 +40,28 @@ class DeadLetterRecord(BaseModel):
     device_id: str | None = None
     reading_index: int | None = Field(default=None, description="Index of the reading")
     payload: str = Field(description="The offending input, UTF-8 with invalid bytes replaced")
+
+    @classmethod
+    def of(
+        cls,
+        reason: DeadLetterReason,
+        detail: str,
+        *,
+        source: str,
+        received_at: datetime,
+        payload: bytes | str,
+        device_id: str | None = None,
+        reading_index: int | None = None,
+    ) -> DeadLetterRecord:
+        """A dead letter with its payload decoded and cut to ``MAX_PAYLOAD_ECHO`` characters."""
+        text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+        truncated = len(text) > MAX_PAYLOAD_ECHO
+        return cls(
+            reason=reason,
+            detail=detail[:2000] + (" (payload truncated)" if truncated else ""),
+            source=source,
+            received_at=received_at,
+            device_id=device_id,
+            reading_index=reading_index,
+            payload=text[:MAX_PAYLOAD_ECHO],
+        )

@@ -67,6 +67,19 @@ def probe(kafka: KafkaSettings, timeout_s: float = 5.0) -> str:
         return asyncio.run(probe_async(kafka, timeout_s))
 
 
+#: Every record must fit: a full telemetry batch (10,000 readings) is about 1.2 MB of JSON.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def topic_config(kafka: KafkaSettings, name: str) -> dict[str, str]:
+    """Per-topic settings: dead letters are kept until someone deals with them."""
+    config = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    if name == kafka.deadletter_topic:
+        config["retention.ms"] = "-1"
+        config["retention.bytes"] = "-1"
+    return config
+
+
 async def ensure_topics_async(
     kafka: KafkaSettings,
     names: Sequence[str],
@@ -92,7 +105,10 @@ async def ensure_topics_async(
             created: list[str] = []
             if missing:
                 response = await admin.create_topics(
-                    [NewTopic(name, partitions, 1) for name in missing],
+                    [
+                        NewTopic(name, partitions, 1, topic_configs=topic_config(kafka, name))
+                        for name in missing
+                    ],
                     timeout_ms=int(timeout_s * 1000),
                 )
                 for entry in response.topic_errors:

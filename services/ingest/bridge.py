@@ -21,7 +21,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import start_http_server
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception,
+    stop_when_event_set,
+    wait_exponential,
+)
 
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.errors import ServiceUnavailableError
@@ -48,6 +55,7 @@ class IngestBridge:
         self._policy = ValidationPolicy(
             max_future=timedelta(seconds=settings.max_future_s),
             max_age=timedelta(days=settings.max_age_days),
+            max_payload_bytes=settings.max_payload_bytes,
         )
         self._status_topic = mqtt_settings.service_status_topic("ingest", settings.client_id)
 
@@ -85,7 +93,7 @@ class IngestBridge:
             while not stop.is_set():
                 batch = await _next_batch(inbox, stop, self._settings.batch_max_messages)
                 if batch:
-                    await self._forward(producer, client, batch)
+                    await self._forward(producer, client, batch, stop)
         finally:
             client.publish(self._status_topic, _status_payload("offline"), qos=1, retain=True)
             client.disconnect()
@@ -143,7 +151,11 @@ class IngestBridge:
             ) from exc
 
     async def _forward(
-        self, producer: AIOKafkaProducer, client: mqtt.Client, batch: list[mqtt.MQTTMessage]
+        self,
+        producer: AIOKafkaProducer,
+        client: mqtt.Client,
+        batch: list[mqtt.MQTTMessage],
+        stop: asyncio.Event,
     ) -> None:
         received_at = datetime.now(UTC)
         root = self._mqtt.topic_root
@@ -176,14 +188,22 @@ class IngestBridge:
                 key = (reject.device_id or "").encode()
                 sends.append((self._kafka.deadletter_topic, key, reject.model_dump_json().encode()))
                 metrics.DEAD_LETTERS.labels(reject.reason.value).inc()
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(KafkaError),
-            wait=wait_exponential(multiplier=0.2, max=10),
-            before_sleep=_log_kafka_retry,
-        ):
-            with attempt:
-                futures = [await producer.send(t, key=k, value=v) for t, k, v in sends]
-                await asyncio.gather(*futures)
+        try:
+            # Retriable errors (broker away, leader moving) are waited out; the MQTT messages
+            # stay unacknowledged meanwhile. Anything else is a bug or a misconfiguration:
+            # it stops the service with the messages unacknowledged, to be delivered again.
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: isinstance(e, KafkaError) and e.retriable),
+                wait=wait_exponential(multiplier=0.2, max=10),
+                stop=stop_when_event_set(stop),  # type: ignore[arg-type]
+                before_sleep=_log_kafka_retry,
+            ):
+                with attempt:
+                    futures = [await producer.send(t, key=k, value=v) for t, k, v in sends]
+                    await asyncio.gather(*futures)
+        except RetryError:
+            logger.warning("stopping: %d messages left unacknowledged for redelivery", len(batch))
+            return
         for msg in batch:
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)

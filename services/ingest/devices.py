@@ -12,6 +12,8 @@ from carbonflow.errors import ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 3
+
 
 class DeviceDirectory:
     """Known device ids; an unknown id triggers at most one early refresh per interval."""
@@ -26,13 +28,17 @@ class DeviceDirectory:
         return device_id in self._ids
 
     async def refresh(self) -> None:
+        # Counted as an attempt even if it fails: an unreachable registry is asked again only
+        # after the interval, not on every batch.
+        self._loaded_at = time.monotonic()
         try:
-            async with await psycopg.AsyncConnection.connect(self._db.conninfo()) as conn:
+            async with await psycopg.AsyncConnection.connect(
+                self._db.conninfo(), connect_timeout=CONNECT_TIMEOUT_S
+            ) as conn:
                 rows = await (await conn.execute("SELECT device_id FROM devices")).fetchall()
         except psycopg.Error as exc:
             raise ServiceUnavailableError(f"cannot read the device registry: {exc}") from exc
         self._ids = frozenset(row[0] for row in rows)
-        self._loaded_at = time.monotonic()
         logger.debug("device directory holds %d devices", len(self._ids))
 
     async def refresh_if_stale(self, *, wanted: set[str] | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -9,7 +11,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class IngestSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CARBONFLOW_INGEST_")
 
-    client_id: str = Field(default="carbonflow-ingest-1", description="Stable per instance")
+    # Stable across restarts, so the broker hands a restarted instance its own queued session.
+    # Several instances on one host need one each.
+    client_id: str = Field(
+        default_factory=lambda: f"carbonflow-ingest-{socket.gethostname()}",
+        description="MQTT client id, stable per instance",
+    )
     share_group: str = Field(default="carbonflow-ingest", description="MQTT shared subscription")
     max_future_s: float = Field(default=300.0, gt=0)
     max_age_days: float = Field(default=30.0, gt=0)
@@ -18,6 +25,9 @@ class IngestSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=19101, ge=0, le=65535, description="0 turns metrics off")
     device_refresh_s: float = Field(default=30.0, gt=0)
+    # Messages queued for an absent instance are lost when its session expires, and the
+    # gateways have already deleted them: keep it longer than any outage worth surviving.
     session_expiry_s: int = Field(
-        default=3600, ge=0, description="Broker keeps our queue this long"
+        default=7 * 24 * 3600, ge=0, description="Broker keeps our queue this long"
     )
+    max_payload_bytes: int = Field(default=2 * 1024 * 1024, gt=0)

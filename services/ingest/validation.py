@@ -11,8 +11,9 @@ import math
 from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
+from annotated_types import MaxLen
 from pydantic import ValidationError
 
 from schemas import (
@@ -24,13 +25,20 @@ from schemas import (
     TelemetryBatch,
 )
 
-MAX_PAYLOAD_ECHO = 64 * 1024
+#: The contract's limit on readings per batch, read from the model so the two cannot drift.
+MAX_READINGS: Final = next(
+    int(m.max_length)
+    for m in TelemetryBatch.model_fields["readings"].metadata
+    if isinstance(m, MaxLen)
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ValidationPolicy:
     max_future: timedelta = timedelta(minutes=5)
     max_age: timedelta = timedelta(days=30)
+    #: A full batch of MAX_READINGS readings is about 1.2 MB of JSON.
+    max_payload_bytes: int = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +58,40 @@ def validate_message(
     topic_device_id: str | None,
     policy: ValidationPolicy,
 ) -> Outcome:
-    """Check one MQTT message; every problem becomes a dead-letter record with a reason."""
+    """Check one MQTT message; every problem becomes a dead-letter record with a reason.
 
+    Never raises: even a failure of the checks themselves becomes a dead letter, so one
+    message can never stop the service (and be redelivered to stop it again).
+    """
+    try:
+        return _validate(
+            topic,
+            payload,
+            received_at=received_at,
+            known_devices=known_devices,
+            topic_device_id=topic_device_id,
+            policy=policy,
+        )
+    except Exception as exc:
+        reject = DeadLetterRecord.of(
+            DeadLetterReason.UNPROCESSABLE,
+            f"validation failed: {type(exc).__name__}: {exc}",
+            source=topic,
+            received_at=received_at,
+            payload=payload,
+        )
+        return Outcome(None, [reject])
+
+
+def _validate(
+    topic: str,
+    payload: bytes,
+    *,
+    received_at: datetime,
+    known_devices: Container[str],
+    topic_device_id: str | None,
+    policy: ValidationPolicy,
+) -> Outcome:
     def reject(
         reason: DeadLetterReason,
         detail: str,
@@ -59,26 +99,33 @@ def validate_message(
         index: int | None = None,
         item: Any = None,
     ) -> DeadLetterRecord:
-        echo = payload if item is None else json.dumps(item, allow_nan=True).encode()
-        return DeadLetterRecord(
-            reason=reason,
-            detail=detail,
+        echo = payload if item is None else json.dumps(item, allow_nan=True)
+        return DeadLetterRecord.of(
+            reason,
+            detail,
             source=topic,
             received_at=received_at,
             device_id=device_id,
             reading_index=index,
-            payload=echo[:MAX_PAYLOAD_ECHO].decode("utf-8", errors="replace"),
+            payload=echo,
         )
 
+    if len(payload) > policy.max_payload_bytes:
+        detail = f"{len(payload)} bytes; at most {policy.max_payload_bytes} are accepted"
+        return Outcome(None, [reject(DeadLetterReason.PAYLOAD_TOO_LARGE, detail)])
     try:
         document = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return Outcome(None, [reject(DeadLetterReason.MALFORMED_JSON, f"not JSON: {exc}")])
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        return Outcome(None, [reject(DeadLetterReason.MALFORMED_JSON, f"not JSON: {detail}")])
     if not isinstance(document, dict) or not isinstance(document.get("readings"), list):
         detail = "expected an object with a 'readings' array"
         return Outcome(None, [reject(DeadLetterReason.SCHEMA_VIOLATION, detail)])
 
     raw_readings: list[Any] = document["readings"]
+    if len(raw_readings) > MAX_READINGS:
+        detail = f"{len(raw_readings)} readings in one batch; at most {MAX_READINGS} are allowed"
+        return Outcome(None, [reject(DeadLetterReason.SCHEMA_VIOLATION, detail)])
     try:
         # The envelope is checked with a placeholder reading; readings are checked one by one.
         envelope = TelemetryBatch.model_validate(

@@ -1,15 +1,18 @@
 """Composition root of the stream processor: the Faust app, its topics and its one agent.
 
 The agent stays thin: take a batch from the stream, decode it, hand it to the pipeline,
-send what was rejected to the dead-letter topic. Offsets are committed by Faust only after
-the agent has moved past a batch, i.e. after its database transaction committed.
+send what was rejected to the dead-letter topic. A batch's offsets may be committed only
+once it is stored and its dead letters are acknowledged; see the agent for how that holds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -28,7 +31,7 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
-        datadir=settings.data_dir or tempfile.mkdtemp(prefix="carbonflow-stream-"),
+        datadir=settings.data_dir or str(Path(tempfile.gettempdir()) / f"{settings.app_id}-data"),
         key_serializer="raw",
         value_serializer="raw",
         topic_replication_factor=1,
@@ -46,38 +49,68 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
     pool = AsyncConnectionPool(
         db.conninfo(), min_size=db.pool_min_size, max_size=db.pool_max_size, open=False
     )
+    opened = asyncio.Event()
+
+    async def handle(values: list[bytes]) -> None:
+        now = datetime.now(UTC)
+        metrics.RECORDS.inc(len(values))
+        records, rejects = decode_records(values, kafka.readings_topic, now)
+        if records:
+            with metrics.BATCH_SECONDS.time():
+                result, refused = await store_batch(
+                    pool, records, settings.max_gap_s, source=kafka.readings_topic, now=now
+                )
+            rejects.extend(refused)
+            metrics.READINGS_STORED.inc(result.new_readings)
+            metrics.ENERGY_MINUTES.inc(result.energy_minutes)
+            logger.debug("stored %s", result)
+        for reject in rejects:
+            metrics.DEAD_LETTERS.labels(reject.reason.value).inc()
+            # Wait for Kafka's ack: this batch's offsets may be committed next.
+            sent = await deadletter_topic.send(
+                key=(reject.device_id or "").encode(), value=reject.model_dump_json().encode()
+            )
+            await sent
 
     @app.agent(readings_topic)
     async def store_readings(stream: Any) -> None:
-        await pool.open(wait=True)
-        try:
-            async for values in stream.take(
-                settings.batch_max_events, within=settings.batch_within_s
-            ):
-                now = datetime.now(UTC)
-                metrics.RECORDS.inc(len(values))
-                records, rejects = decode_records(values, kafka.readings_topic, now)
-                if records:
-                    with metrics.BATCH_SECONDS.time():
-                        result, refused = await store_batch(
-                            pool, records, settings.max_gap_s, source=kafka.readings_topic, now=now
-                        )
-                    rejects.extend(refused)
-                    metrics.READINGS_STORED.inc(result.new_readings)
-                    metrics.ENERGY_MINUTES.inc(result.energy_minutes)
-                    logger.debug("stored %s", result)
-                for reject in rejects:
-                    metrics.DEAD_LETTERS.labels(reject.reason.value).inc()
-                    key = (reject.device_id or "").encode()
-                    # Wait for Kafka's ack: the offset of this batch may be committed next.
-                    sent = await deadletter_topic.send(
-                        key=key, value=reject.model_dump_json().encode()
-                    )
-                    await sent
-        finally:
-            await pool.close()
+        if not opened.is_set():
+            await pool.open(wait=False)  # connections come up in the background
+            opened.set()
+        async for values in stream.take(settings.batch_max_events, within=settings.batch_within_s):
+            # Faust acknowledges a taken batch however the loop body is left, even by an
+            # exception, and commits it later. So the body must only ever be left with the
+            # batch stored: shutdown waits for it, and an unexpected error ends the process
+            # before anything can be committed (the batch is then consumed again on restart).
+            handling = asyncio.ensure_future(handle(values))
+            try:
+                await asyncio.shield(handling)
+            except asyncio.CancelledError:
+                await _finish_or_exit(handling, settings.shutdown_grace_s)
+                raise
+            except Exception:
+                logger.exception("storing a batch failed; exiting without committing it")
+                _exit_now()
+
+    @app.on_before_shutdown.connect
+    async def close_pool(_sender: Any, /, *_args: Any, signal: Any, **_kwargs: Any) -> None:
+        await pool.close()
 
     return app
+
+
+async def _finish_or_exit(handling: asyncio.Future[None], grace_s: float) -> None:
+    """On shutdown, let the batch in hand be stored; if it cannot be, exit uncommitted."""
+    try:
+        await asyncio.wait_for(handling, grace_s)
+    except BaseException:
+        logger.exception("stopping with a batch not stored; exiting without committing it")
+        _exit_now()
+
+
+def _exit_now() -> None:
+    logging.shutdown()
+    os._exit(70)  # EX_SOFTWARE; skips Faust's shutdown, and with it the offset commit
 
 
 def run(

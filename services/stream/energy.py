@@ -63,20 +63,28 @@ def affected_windows(points: Iterable[tuple[str, float]], max_gap_s: float) -> l
     """Minutes whose energy may change when samples at these (device_id, ts_s) arrive.
 
     A new sample at t only joins segments to neighbours at most ``max_gap_s`` away, so only
-    minutes within that distance of it can change.
+    minutes within that distance of it can change. Overlapping or touching ranges of one
+    device merge; distant ones stay apart, so a late sample among live ones does not drag
+    the whole span between them into the recomputation.
     """
-    bounds: dict[str, tuple[float, float]] = {}
+    by_device: dict[str, list[float]] = {}
     for device_id, ts in points:
-        low, high = bounds.get(device_id, (ts, ts))
-        bounds[device_id] = (min(low, ts), max(high, ts))
-    return [
-        DeviceWindow(
-            device_id,
-            math.floor((low - max_gap_s) / 60.0),
-            math.floor((high + max_gap_s) / 60.0),
-        )
-        for device_id, (low, high) in sorted(bounds.items())
-    ]
+        by_device.setdefault(device_id, []).append(ts)
+    windows: list[DeviceWindow] = []
+    for device_id in sorted(by_device):
+        lo = hi = None
+        for ts in sorted(by_device[device_id]):
+            first = math.floor((ts - max_gap_s) / 60.0)
+            last = math.floor((ts + max_gap_s) / 60.0)
+            if hi is not None and first <= hi + 1:
+                hi = max(hi, last)
+                continue
+            if lo is not None and hi is not None:
+                windows.append(DeviceWindow(device_id, lo, hi))
+            lo, hi = first, last
+        if lo is not None and hi is not None:
+            windows.append(DeviceWindow(device_id, lo, hi))
+    return windows
 
 
 def energy_intervals(

@@ -10,7 +10,7 @@ from datetime import datetime
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
 from schemas import DeadLetterReason, DeadLetterRecord, ReadingsRecord
 from services.stream import metrics, store
@@ -37,12 +37,12 @@ def decode_records(
             records.append(ReadingsRecord.model_validate_json(payload))
         except ValidationError as exc:
             rejects.append(
-                DeadLetterRecord(
-                    reason=DeadLetterReason.SCHEMA_VIOLATION,
-                    detail=f"not a readings record v1: {exc.errors()[0]['msg']}",
+                DeadLetterRecord.of(
+                    DeadLetterReason.SCHEMA_VIOLATION,
+                    f"not a readings record v1: {exc.errors()[0]['msg']}",
                     source=source,
                     received_at=now,
-                    payload=payload.decode("utf-8", errors="replace")[:65536],
+                    payload=payload,
                 )
             )
     return records, rejects
@@ -100,9 +100,9 @@ async def store_batch(
             result = await _with_retry(pool, [record], max_gap_s)
         except _REFUSED as exc:
             rejects.append(
-                DeadLetterRecord(
-                    reason=DeadLetterReason.STORAGE_REJECTED,
-                    detail=f"{type(exc).__name__}: {exc}".strip()[:2000],
+                DeadLetterRecord.of(
+                    DeadLetterReason.STORAGE_REJECTED,
+                    f"{type(exc).__name__}: {exc}".strip(),
                     source=source,
                     received_at=now,
                     device_id=record.device_id,
@@ -122,7 +122,9 @@ async def _with_retry(
     pool: AsyncConnectionPool, records: Sequence[ReadingsRecord], max_gap_s: float
 ) -> BatchResult:
     async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type((psycopg.OperationalError, PoolTimeout)),
+        # Everything but a refusal of the data itself is waited out (connection lost, failover
+        # to a read-only replica, a migration in progress): the batch is never skipped.
+        retry=retry_if_exception(_is_transient),
         wait=wait_exponential(multiplier=0.5, max=30),
         before_sleep=_log_db_retry,
         reraise=True,
@@ -131,6 +133,12 @@ async def _with_retry(
             async with pool.connection() as conn:
                 return await process_batch(conn, records, max_gap_s)
     raise AssertionError("unreachable: AsyncRetrying either returns or raises")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, PoolTimeout) or (
+        isinstance(exc, psycopg.Error) and not isinstance(exc, _REFUSED)
+    )
 
 
 def _log_db_retry(state: RetryCallState) -> None:

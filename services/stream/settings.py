@@ -15,5 +15,10 @@ class StreamSettings(BaseSettings):
     max_gap_s: float = Field(
         default=120.0, gt=0, description="Samples further apart are a gap, not integrated"
     )
+    shutdown_grace_s: float = Field(
+        default=30.0, gt=0, description="How long shutdown waits for the batch in hand"
+    )
     web_port: int = Field(default=16066, description="Faust's own web server (metrics, health)")
-    data_dir: str | None = Field(default=None, description="Faust data dir; default: a temp dir")
+    data_dir: str | None = Field(
+        default=None, description="Faust data dir; default: one per app id in the temp dir"
+    )

@@ -131,6 +131,12 @@ def test_affected_windows_reach_one_gap_either_side() -> None:
     assert windows == [DeviceWindow("a", 8, 13), DeviceWindow("b", 8, 12)]
 
 
+def test_distant_samples_of_one_device_get_separate_windows() -> None:
+    day = 86_400.0
+    windows = affected_windows([("a", 600.0), ("a", 30 * day), ("a", 620.0)], max_gap_s=60.0)
+    assert windows == [DeviceWindow("a", 9, 11), DeviceWindow("a", 43_199, 43_201)]
+
+
 def test_energy_intervals_skip_empty_minutes_and_convert_to_kwh() -> None:
     window = DeviceWindow("m1", 100, 103)
     ts = np.array([101 * 60.0, 101 * 60.0 + 30, 102 * 60.0])

@@ -8,7 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas import DeadLetterReason
-from services.ingest.validation import ValidationPolicy, device_from_topic, validate_message
+from services.ingest.validation import (
+    MAX_READINGS,
+    ValidationPolicy,
+    device_from_topic,
+    validate_message,
+)
 
 NOW = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 KNOWN = {"press-01"}
@@ -114,3 +119,49 @@ def test_device_from_topic() -> None:
     assert device_from_topic("cf/v1/telemetry/gw-1/press-01", "cf/v1") == "press-01"
     assert device_from_topic("cf/v1/telemetry/gw-1", "cf/v1") is None
     assert device_from_topic("other/telemetry/gw/dev", "cf/v1") is None
+
+
+def test_deeply_nested_json_is_a_dead_letter_not_a_crash() -> None:
+    outcome = check(b"[" * 200_000)
+    assert outcome.record is None
+    assert outcome.rejects[0].reason is DeadLetterReason.MALFORMED_JSON
+    assert "nested too deeply" in outcome.rejects[0].detail
+    assert len(outcome.rejects[0].payload) <= 64 * 1024
+
+
+def test_oversized_payload_is_refused_before_parsing() -> None:
+    outcome = validate_message(
+        TOPIC,
+        message([reading()]),
+        received_at=NOW,
+        known_devices=KNOWN,
+        topic_device_id="press-01",
+        policy=ValidationPolicy(max_payload_bytes=100),
+    )
+    assert outcome.record is None
+    assert outcome.rejects[0].reason is DeadLetterReason.PAYLOAD_TOO_LARGE
+
+
+def test_more_readings_than_the_contract_allows_are_refused() -> None:
+    outcome = check(message([reading(-1)] * (MAX_READINGS + 1)))
+    assert outcome.record is None
+    assert outcome.rejects[0].reason is DeadLetterReason.SCHEMA_VIOLATION
+    assert str(MAX_READINGS) in outcome.rejects[0].detail
+
+
+def test_a_failure_inside_validation_becomes_a_dead_letter() -> None:
+    class BrokenDirectory:
+        def __contains__(self, item: object) -> bool:
+            raise RuntimeError("registry exploded")
+
+    outcome = validate_message(
+        TOPIC,
+        message([reading()]),
+        received_at=NOW,
+        known_devices=BrokenDirectory(),
+        topic_device_id="press-01",
+        policy=ValidationPolicy(),
+    )
+    assert outcome.record is None
+    assert outcome.rejects[0].reason is DeadLetterReason.UNPROCESSABLE
+    assert "registry exploded" in outcome.rejects[0].detail

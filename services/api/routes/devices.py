@@ -88,7 +88,7 @@ async def get_readings(
     settings: Settings,
     metric: Annotated[
         str | None,
-        Query(min_length=1, max_length=200, description="Only this metric, e.g. power_w"),
+        Query(min_length=1, max_length=200, description="Only this metric, e.g. active_power"),
     ] = None,
     limit: Annotated[
         int | None,
