@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import start_http_server
 from tenacity import (
     AsyncRetrying,
@@ -115,9 +116,13 @@ class IngestBridge:
         client.will_set(self._status_topic, _status_payload("offline"), qos=1, retain=True)
 
         def on_connect(
-            client: mqtt.Client, _u: object, _f: object, reason: object, _p: object
+            client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
         ) -> None:
-            logger.info("MQTT connected (%s); subscribing %s", reason, subscription)
+            if reason.is_failure:
+                # e.g. bad credentials: say so loudly; paho keeps retrying the connection.
+                logger.error("MQTT broker refused the connection: %s", reason)
+                return
+            logger.info("MQTT connected; subscribing %s", subscription)
             client.subscribe(subscription, qos=1)
 
         def on_subscribe(
