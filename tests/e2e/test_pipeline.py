@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.registry import upsert_layout
 from carbonflow.stack.kafka_admin import ensure_topics
-from carbonflow.supervise import ServiceProcess, running, wait_for, wait_for_status
+from carbonflow.supervise import ServiceProcess, free_port, running, wait_for, wait_for_status
 from edge.simulator.factory import FactoryLayout, PowerModel, demo_factory
 from edge.simulator.publisher import Publisher
 from schemas import Reading, TelemetryBatch
@@ -39,12 +38,6 @@ MINUTES = 12
 BATCH = 9  # readings per batch: batches straddle minute boundaries on purpose
 N_DEVICES = 4
 MAX_GAP_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Known:

@@ -7,7 +7,6 @@ with an error the worker must not mistake for bad data.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -22,19 +21,13 @@ from carbonflow.config import DatabaseSettings, KafkaSettings
 from carbonflow.registry import upsert_layout
 from carbonflow.stack import Stack
 from carbonflow.stack.kafka_admin import ensure_topics
-from carbonflow.supervise import ServiceProcess, running, wait_for
+from carbonflow.supervise import ServiceProcess, free_port, running, wait_for
 from edge.simulator.factory import small_factory
 from schemas import Reading, ReadingsRecord
 
 pytestmark = pytest.mark.integration
 
 DB_NAME = "carbonflow_test_resilience"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
