@@ -65,6 +65,7 @@ async def process_batch(
         )
         minutes = 0
         if windows:
+            await store.lock_devices(conn, [w.device_id for w in windows])
             samples = await store.fetch_power_samples(conn, windows, max_gap_s)
             intervals = energy_intervals(windows, samples, max_gap_s)
             await store.upsert_energy(conn, intervals)

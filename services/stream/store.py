@@ -75,6 +75,24 @@ async def insert_readings(conn: psycopg.AsyncConnection, records: Sequence[Readi
         return cur.rowcount
 
 
+_LOCK_DEVICES = """
+SELECT pg_advisory_xact_lock(hashtextextended(device_id, 0))
+FROM unnest(%(devices)s::text[]) AS d(device_id)
+ORDER BY device_id
+"""
+
+
+async def lock_devices(conn: psycopg.AsyncConnection, device_ids: Sequence[str]) -> None:
+    """Serialise energy recomputation per device until the transaction ends.
+
+    Partitions keep a device on one worker, but during a rebalance two workers can briefly
+    hold batches of the same device; without the lock the slower one could overwrite newer
+    energy with a recomputation that did not see the other's readings. Locks are taken in
+    sorted order so two workers never wait on each other in a cycle.
+    """
+    await conn.execute(_LOCK_DEVICES, {"devices": sorted(set(device_ids))})
+
+
 async def fetch_power_samples(
     conn: psycopg.AsyncConnection, windows: Sequence[DeviceWindow], max_gap_s: float
 ) -> SampleBatch:

@@ -159,3 +159,26 @@ def test_a_record_the_database_refuses_is_dead_lettered_and_the_rest_stored(
     assert "foreign key" in rejects[0].detail
     assert ReadingsRecord.model_validate_json(rejects[0].payload) == unregistered
     assert len(snapshot(db_settings, layout)[0]) == result.new_readings
+
+
+@pytest.mark.usefixtures("clean")
+def test_concurrent_batches_of_the_same_devices_converge(
+    db_settings: DatabaseSettings, layout: FactoryLayout
+) -> None:
+    """Two workers holding neighbouring batches at once (a rebalance) end like one worker."""
+    records = records_for(layout, seed=6)
+    run(db_settings, [records])
+    all_at_once = snapshot(db_settings, layout)
+    delete_rows(db_settings, layout)
+
+    async def race() -> None:
+        async with AsyncConnectionPool(db_settings.conninfo(), min_size=2, max_size=2) as pool:
+            evens, odds = records[::2], records[1::2]
+            for k in range(0, len(evens), 3):
+                await asyncio.gather(
+                    store_batch(pool, evens[k : k + 3], MAX_GAP_S, source="a", now=START),
+                    store_batch(pool, odds[k : k + 3], MAX_GAP_S, source="b", now=START),
+                )
+
+    asyncio.run(race())
+    assert_same_rows(snapshot(db_settings, layout), all_at_once)
