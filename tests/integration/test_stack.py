@@ -198,3 +198,41 @@ def test_mqtt_publish_subscribe_round_trip(
 
     assert received[0].payload == payload
     assert received[0].qos == 1
+
+
+def test_new_topics_fit_full_batches_and_dead_letters_never_expire(run_id: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from carbonflow.stack.kafka_admin import MAX_MESSAGE_BYTES
+
+    kafka = KafkaSettings(
+        readings_topic=f"carbonflow.cfg-{run_id}.readings",
+        deadletter_topic=f"carbonflow.cfg-{run_id}.deadletter",
+    )
+    ensure_topics(kafka, [kafka.readings_topic, kafka.deadletter_topic], 1)
+
+    async def describe() -> dict[str, dict[str, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            keys = {"retention.ms": None, "max.message.bytes": None}
+            responses = await admin.describe_configs(
+                [
+                    ConfigResource(ConfigResourceType.TOPIC, name, dict(keys))
+                    for name in (kafka.readings_topic, kafka.deadletter_topic)
+                ]
+            )
+        finally:
+            await admin.close()
+        return {
+            resource[3]: {entry[0]: entry[1] for entry in resource[4]}
+            for response in responses
+            for resource in response.resources
+        }
+
+    configs = asyncio.run(describe())
+    assert configs[kafka.deadletter_topic]["retention.ms"] == "-1"
+    assert configs[kafka.readings_topic]["retention.ms"] != "-1"
+    for name in (kafka.readings_topic, kafka.deadletter_topic):
+        assert configs[name]["max.message.bytes"] == str(MAX_MESSAGE_BYTES)
