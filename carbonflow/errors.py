@@ -9,10 +9,6 @@ class CarbonFlowError(Exception):
     """Base class for all CarbonFlow errors."""
 
 
-class ConfigurationError(CarbonFlowError):
-    """Settings are missing or inconsistent."""
-
-
 class StackError(CarbonFlowError):
     """A local service could not be installed, started, probed or stopped."""
 

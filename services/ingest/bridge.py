@@ -60,7 +60,7 @@ class IngestBridge:
         )
         self._status_topic = mqtt_settings.service_status_topic("ingest", settings.client_id)
 
-    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
         producer = AIOKafkaProducer(
@@ -82,8 +82,6 @@ class IngestBridge:
             await self._devices.refresh()
             await asyncio.to_thread(self._connect, client)
             client.loop_start()
-            if ready is not None:
-                ready.set()
             logger.info(
                 "ingest %s: MQTT %s:%s -> Kafka %s",
                 self._settings.client_id,

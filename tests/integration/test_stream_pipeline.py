@@ -95,6 +95,16 @@ def snapshot(db: DatabaseSettings, layout: FactoryLayout) -> tuple[list[tuple], 
     return readings, energy
 
 
+def stored_all_at_once(
+    db: DatabaseSettings, layout: FactoryLayout, records: list[ReadingsRecord]
+) -> tuple[list[tuple], list[tuple]]:
+    """The rows one batch of everything gives; the tables are emptied again afterwards."""
+    run(db, [records])
+    rows = snapshot(db, layout)
+    delete_rows(db, layout)
+    return rows
+
+
 @pytest.mark.usefixtures("clean")
 def test_redelivered_and_reordered_batches_give_the_same_rows(
     db_settings: DatabaseSettings, layout: FactoryLayout
@@ -132,9 +142,7 @@ def test_batch_by_batch_arrival_converges_to_all_at_once(
     db_settings: DatabaseSettings, layout: FactoryLayout, order: str
 ) -> None:
     records = records_for(layout, seed=3)
-    run(db_settings, [records])
-    all_at_once = snapshot(db_settings, layout)
-    delete_rows(db_settings, layout)
+    all_at_once = stored_all_at_once(db_settings, layout, records)
     # One record per transaction: each must fix the minutes it shares with its neighbours,
     # before them (a late batch) and after them (the next batch).
     one_by_one = records if order == "oldest_first" else records[::-1]
@@ -167,9 +175,7 @@ def test_concurrent_batches_of_the_same_devices_converge(
 ) -> None:
     """Two workers holding neighbouring batches at once (a rebalance) end like one worker."""
     records = records_for(layout, seed=6)
-    run(db_settings, [records])
-    all_at_once = snapshot(db_settings, layout)
-    delete_rows(db_settings, layout)
+    all_at_once = stored_all_at_once(db_settings, layout, records)
 
     async def race() -> None:
         async with AsyncConnectionPool(db_settings.conninfo(), min_size=2, max_size=2) as pool:
