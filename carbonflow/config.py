@@ -33,6 +33,22 @@ class MqttSettings(BaseSettings):
     def telemetry_topic(self, gateway_id: str, device_id: str) -> str:
         return f"{self.topic_root}/telemetry/{gateway_id}/{device_id}"
 
+    def gateway_status_topic(self, gateway_id: str) -> str:
+        """Retained birth/death of a gateway (``schemas.presence.GatewayStatus``)."""
+        return f"{self.topic_root}/status/gateway/{gateway_id}"
+
+    def device_status_topic(self, gateway_id: str, device_id: str) -> str:
+        """Retained reachability of a meter (``schemas.presence.DeviceStatus``)."""
+        return f"{self.topic_root}/status/device/{gateway_id}/{device_id}"
+
+    @property
+    def presence_filters(self) -> tuple[str, str]:
+        """Topic filters matching every gateway's and every meter's status."""
+        return (
+            f"{self.topic_root}/status/gateway/+",
+            f"{self.topic_root}/status/device/+/+",
+        )
+
     def service_status_topic(self, service: str, instance: str) -> str:
         """Retained online/offline status of a platform service instance."""
         return f"{self.topic_root}/status/{service}/{instance}"

@@ -6,6 +6,7 @@ validate against the same contract. ``python -m schemas.export`` regenerates the
 """
 
 from schemas.deadletter import DeadLetterReason, DeadLetterRecord
+from schemas.presence import DeviceStatus, GatewayStatus, PresenceState
 from schemas.telemetry import (
     METRIC_UNITS,
     Quality,
@@ -18,6 +19,9 @@ __all__ = [
     "METRIC_UNITS",
     "DeadLetterReason",
     "DeadLetterRecord",
+    "DeviceStatus",
+    "GatewayStatus",
+    "PresenceState",
     "Quality",
     "Reading",
     "ReadingsRecord",

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.deadletter import DeadLetterRecord
+from schemas.presence import DeviceStatus, GatewayStatus
 from schemas.telemetry import ReadingsRecord, TelemetryBatch
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
@@ -17,6 +18,8 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "telemetry_batch.v1.schema.json": TelemetryBatch,
     "readings_record.v1.schema.json": ReadingsRecord,
     "deadletter_record.v1.schema.json": DeadLetterRecord,
+    "gateway_status.v1.schema.json": GatewayStatus,
+    "device_status.v1.schema.json": DeviceStatus,
 }
 
 

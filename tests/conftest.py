@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -22,6 +22,20 @@ def stack_settings() -> StackSettings:
 @pytest.fixture(scope="session")
 def mqtt_settings() -> MqttSettings:
     return MqttSettings()
+
+
+@pytest.fixture(scope="session")
+def edge_mqtt_settings(mqtt_settings: MqttSettings) -> Callable[[str], MqttSettings]:
+    """MQTT settings that act as the given edge client (a gateway or a Sparkplug node).
+
+    Tests that publish as a gateway use these, never ``mqtt_settings`` (the platform
+    services' identity), so they exercise what a real gateway is allowed to do.
+    """
+
+    def settings_for(client_id: str) -> MqttSettings:
+        return mqtt_settings.model_copy(update={"username": client_id, "password": None})
+
+    return settings_for
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""Meter adapters: one per protocol, each turning one poll of one meter into readings."""
