@@ -35,6 +35,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from edge.errors import EdgeError
+from edge.registermaps import RegisterMapError, load_register_map
+from edge.registermaps.units import conversion, source_units
 from edge.simulator.factory import MachineKind
 from schemas.telemetry import IDENTIFIER_PATTERN, METRIC_UNITS, Identifier
 
@@ -65,7 +67,10 @@ _ENV_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # A topic prefix: no wildcards, no empty levels, no leading or trailing slash.
 _TOPIC_ROOT_PATTERN: Final = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 # OPC UA node id in its string form, e.g. "ns=3;s=Meter1.ActivePower" or "i=2258".
-_NODE_ID_PATTERN: Final = r"^(ns=\d+;|nsu=[^;]+;)?[isgb]=.+$"
+_NODE_ID_PATTERN: Final = (
+    r"^(ns=\d+;|nsu=[^;]+;)?"
+    r"(i=\d{1,10}|s=.+|g=[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}|b=.+)$"
+)
 _HOST_PATTERN: Final = r"^[^\s/:]+$|^\[[0-9A-Fa-f:.]+\]$"
 _REGISTER_MAP_SUFFIXES: Final = frozenset({".toml", ".json", ".csv"})
 _REDACTED: Final = "<redacted>"
@@ -353,14 +358,46 @@ class ModbusTcpDevice(_DeviceBase):
             raise ValueError(f"not a register map name or a file path: {value!r}")
         return value
 
+    def _rule_problems(self) -> list[tuple[Loc, str, object]]:
+        problems = super()._rule_problems()
+        # Loaded here so a wrong map name, a broken map file or a metric the map lacks
+        # stops the gateway at start-up instead of failing every poll.
+        try:
+            register_map = load_register_map(self.register_map)
+        except RegisterMapError as exc:
+            problems.append((("register_map",), exc.summary(), str(self.register_map)))
+            return problems
+        provided = ", ".join(register_map.metrics)
+        for index, metric in enumerate(self.metrics):
+            if metric not in register_map.metrics:
+                problems.append(
+                    (
+                        ("metrics", index),
+                        f"register map {str(self.register_map)!r} has no {metric!r}; "
+                        f"it provides: {provided}",
+                        metric,
+                    )
+                )
+        return problems
+
 
 class OpcUaDevice(_DeviceBase):
-    """A meter or PLC read over OPC UA, one node per metric."""
+    """A meter or PLC read over OPC UA, one node per metric.
+
+    A node's value is taken to be in the metric's canonical unit unless ``units`` names the
+    unit it is in; the adapter converts it and checks it against the node's own
+    EngineeringUnits property where the server publishes one.
+    """
 
     protocol: Literal["opcua"]
     endpoint: str = Field(description="opc.tcp://host[:port][/path]")
     nodes: dict[str, Annotated[str, Field(pattern=_NODE_ID_PATTERN)]] = Field(
         description="Node id of each metric, e.g. active_power = 'ns=3;s=Meter1.P'"
+    )
+    units: dict[str, str] = Field(
+        default_factory=dict,
+        description="Unit of a node's value where it is not the canonical one, e.g. "
+        "active_power = 'kW'",
     )
 
     @field_validator("endpoint")
@@ -385,7 +422,22 @@ class OpcUaDevice(_DeviceBase):
                 problems.append(
                     (("nodes", metric), f"{metric!r} is not in this device's metrics", metric)
                 )
+        for metric, unit in self.units.items():
+            if metric not in self.metrics:
+                problems.append(
+                    (("units", metric), f"{metric!r} is not in this device's metrics", unit)
+                )
+                continue
+            canonical = METRIC_UNITS[metric]
+            if conversion(unit, canonical) is None:
+                known = ", ".join(repr(name) for name in source_units(canonical))
+                message = f"cannot convert {unit!r} to {canonical} ({metric}); use one of {known}"
+                problems.append((("units", metric), message, unit))
         return problems
+
+    def source_unit(self, metric: str) -> str:
+        """The unit the node of ``metric`` delivers its value in."""
+        return self.units.get(metric, METRIC_UNITS[metric])
 
 
 DeviceConfig = Annotated[

@@ -234,7 +234,12 @@ def test_opcua_needs_a_node_per_metric(tmp_path: Path) -> None:
 
 def test_register_map_path_is_relative_to_the_file(tmp_path: Path) -> None:
     (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "custom.toml").write_text("", encoding="utf-8")
+    (tmp_path / "maps" / "custom.toml").write_text(
+        '[meter]\nmanufacturer = "Example"\nmodel = "M1"\nsource = "its manual"\n'
+        '[metrics.active_power]\naddress = 0\nregister_type = "input"\n'
+        'data_type = "float32"\nunit = "W"\nkind = "instantaneous"\n',
+        encoding="utf-8",
+    )
     text = HEADER + modbus().replace('"eastron_sdm630"', '"maps/custom.toml"')
 
     device = load_config(write(tmp_path, text)).devices[0]
