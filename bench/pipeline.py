@@ -33,12 +33,21 @@ import psycopg
 
 from carbonflow import db
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings, StackSettings
+from carbonflow.mqtt_auth import store
+from carbonflow.mqtt_auth.access import Role
 from carbonflow.registry import upsert_layout
 from carbonflow.stack import Stack
 from carbonflow.stack.kafka_admin import ensure_topics
-from carbonflow.supervise import ServiceProcess, running, wait_for, wait_for_status
+from carbonflow.supervise import (
+    ServiceProcess,
+    free_port,
+    mqtt_env,
+    running,
+    wait_for,
+    wait_for_status,
+)
 from edge.simulator.factory import FactoryLayout, small_factory
-from edge.simulator.publisher import Publisher
+from edge.simulator.publisher import GatewayPublishers
 from schemas import Reading, TelemetryBatch
 
 BENCH_DB = "carbonflow_bench"
@@ -88,7 +97,7 @@ def make_round(
 
 def measure(
     round_: Round,
-    mqtt_settings: MqttSettings,
+    gateways: dict[str, MqttSettings],
     database: DatabaseSettings,
     services: tuple[ServiceProcess, ...],
     timeout_s: float,
@@ -96,7 +105,7 @@ def measure(
 ) -> dict[str, float]:
     expected = _count(database) + round_.readings
     publish_times: dict[tuple[str, datetime], float] = {}
-    with Publisher(mqtt_settings, client_id=f"bench-{uuid.uuid4().hex[:8]}") as publisher:
+    with GatewayPublishers(gateways, client_id=f"bench-{uuid.uuid4().hex[:8]}") as publisher:
         t0 = time.time()
         pace = threading.Event()
         sent = 0
@@ -167,8 +176,20 @@ def main() -> int:
     stack.create_database(BENCH_DB)
     db.migrate(database)
     layout = small_factory(args.devices)
-    with psycopg.connect(database.conninfo()) as conn:
+    with psycopg.connect(database.conninfo(), autocommit=True) as conn:
         upsert_layout(conn, layout)
+        # Each simulated gateway publishes as itself, as the broker's ACL requires.
+        gateways = {
+            gateway_id: mqtt_settings.model_copy(
+                update={
+                    "username": gateway_id,
+                    "password": store.issue(conn, gateway_id, Role.GATEWAY),
+                }
+            )
+            for gateway_id in layout.gateways()
+        }
+    stack.sync_mqtt_access()
+    service_mqtt = stack.service_mqtt_settings(mqtt_settings)
     ensure_topics(kafka, [kafka.readings_topic, kafka.deadletter_topic], kafka.partitions)
 
     per_device = max(1, args.readings // len(layout.machines))
@@ -178,20 +199,20 @@ def main() -> int:
         for k in range(args.rounds)
     ]
     env = {
+        **mqtt_env(service_mqtt),
         "CARBONFLOW_DB_NAME": BENCH_DB,
-        "CARBONFLOW_MQTT_TOPIC_ROOT": mqtt_settings.topic_root,
         "CARBONFLOW_KAFKA_READINGS_TOPIC": kafka.readings_topic,
         "CARBONFLOW_KAFKA_DEADLETTER_TOPIC": kafka.deadletter_topic,
         "CARBONFLOW_INGEST_CLIENT_ID": f"ingest-bench-{run}",
         "CARBONFLOW_INGEST_METRICS_PORT": "0",
         "CARBONFLOW_STREAM_APP_ID": f"stream-bench-{run}",
-        "CARBONFLOW_STREAM_WEB_PORT": "16067",
+        "CARBONFLOW_STREAM_WEB_PORT": str(free_port()),
     }
     log_dir = Path(tempfile.mkdtemp(prefix="carbonflow-bench-"))
     with running("ingest", log_dir, env) as ingest, running("stream", log_dir, env) as stream:
-        wait_for_status(mqtt_settings, "ingest", f"ingest-bench-{run}", "online", ingest)
+        wait_for_status(service_mqtt, "ingest", f"ingest-bench-{run}", "online", ingest)
         results = [
-            measure(r, mqtt_settings, database, (ingest, stream), args.timeout, args.rate)
+            measure(r, gateways, database, (ingest, stream), args.timeout, args.rate)
             for r in rounds
         ]
     report: dict[str, Any] = {

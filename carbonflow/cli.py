@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,6 +36,16 @@ def _register_stack() -> None:
 
 
 _register_stack()
+
+
+def _register_access() -> None:
+    from carbonflow.mqtt_auth.cli import device_app, mqtt_app
+
+    app.add_typer(mqtt_app, name="mqtt")
+    app.add_typer(device_app, name="device")
+
+
+_register_access()
 
 
 @db_app.command("migrate")
@@ -105,6 +116,42 @@ def simulate(
             raise typer.BadParameter("--replay-from and --replay-to go together")
         replay = (replay_from, replay_to)
     run_simulator(MqttSettings(), SimulatorSettings(), stop=None, replay=replay)
+
+
+gateway_app = typer.Typer(
+    help="The edge gateway: poll meters, buffer, publish.", no_args_is_help=True
+)
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.command("run")
+def gateway_run(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config", envvar="CARBONFLOW_GATEWAY_CONFIG", help="The gateway's config file (TOML)"
+        ),
+    ],
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve metrics on this port (0: off); default 19102", show_default=False),
+    ] = None,
+) -> None:
+    """Run an edge gateway until SIGINT/SIGTERM."""
+    import os
+
+    from edge.errors import EdgeError
+    from edge.gateway.app import run_gateway
+    from edge.gateway.settings import GatewaySettings
+
+    settings = (
+        GatewaySettings() if metrics_port is None else GatewaySettings(metrics_port=metrics_port)
+    )
+    try:
+        run_gateway(config, settings, os.environ)
+    except EdgeError as exc:  # an unusable config file or password: say so, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()

@@ -1,18 +1,21 @@
 """``carbonflow demo``: the whole system on a simulated factory, until Ctrl-C.
 
-Starts the local stack, migrates and seeds the database, then runs ingest, a stream worker,
-the API and the live simulator as child processes with their logs under the state dir.
+Starts the local stack, migrates and seeds the database, issues MQTT credentials for the
+simulated gateways, then runs ingest (as the platform service identity), a stream worker, the
+API and the live simulator (one connection per gateway, each as itself) as child processes
+with their logs under the state dir; credentials reach them through their environment.
 Stops what it started, and leaves alone what was already running.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +24,10 @@ import psycopg
 
 from carbonflow import db
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings, StackSettings
+from carbonflow.mqtt_auth import store
+from carbonflow.mqtt_auth.access import Role
 from carbonflow.registry import upsert_layout
-from carbonflow.supervise import ServiceProcess, wait_for
+from carbonflow.supervise import ServiceProcess, mqtt_env, wait_for
 from edge.simulator.factory import demo_factory
 
 logger = logging.getLogger(__name__)
@@ -46,16 +51,27 @@ def run_demo(
     try:
         db.migrate(database)
         layout = demo_factory()
-        with psycopg.connect(database.conninfo()) as conn:
+        with psycopg.connect(database.conninfo(), autocommit=True) as conn:
             upsert_layout(conn, layout)
+            # Fresh passwords for the simulated gateways on every start: they exist only in
+            # the simulator's environment.
+            gateway_passwords = {
+                gateway_id: store.issue(conn, gateway_id, Role.GATEWAY).get_secret_value()
+                for gateway_id in layout.gateways()
+            }
+        stack.sync_mqtt_access()
         print(
             f"Registered the demo factory: {len(layout.machines)} machines "
-            f"on {len(layout.sites)} sites.",
+            f"on {len(layout.sites)} sites, {len(gateway_passwords)} gateways.",
             flush=True,
         )
         log_dir = stack_settings.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        with _children(log_dir) as children:
+        envs = {
+            "ingest": mqtt_env(stack.service_mqtt_settings(mqtt)),
+            "simulate": {"CARBONFLOW_SIM_GATEWAY_PASSWORDS": json.dumps(gateway_passwords)},
+        }
+        with _children(log_dir, envs) as children:
             _wait_for_api(children["api"])
             _print_banner(layout.machines[0].device_id, log_dir)
             _watch(children, database)
@@ -66,11 +82,13 @@ def run_demo(
 
 
 @contextmanager
-def _children(log_dir: Path) -> Iterator[dict[str, ServiceProcess]]:
+def _children(
+    log_dir: Path, envs: Mapping[str, Mapping[str, str]]
+) -> Iterator[dict[str, ServiceProcess]]:
     children: dict[str, ServiceProcess] = {}
     try:
         for name in SERVICES:
-            children[name] = ServiceProcess(name, log_dir, name=f"demo-{name}")
+            children[name] = ServiceProcess(name, log_dir, envs.get(name), name=f"demo-{name}")
         yield children
     finally:
         print("\nStopping the demo services...", flush=True)

@@ -15,3 +15,11 @@ class StackError(CarbonFlowError):
 
 class ServiceUnavailableError(CarbonFlowError):
     """A backing service (database, broker) is not reachable."""
+
+
+class CredentialError(CarbonFlowError):
+    """An MQTT identity could not be issued, revoked or applied to the broker."""
+
+
+class RegistryError(CarbonFlowError):
+    """A registry entry (site, asset, device) was refused: unknown parent, clash, bad value."""

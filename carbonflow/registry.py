@@ -7,11 +7,14 @@ nothing, and registering an edited one updates names, places and meters in place
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal, Self
 
 import psycopg
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from carbonflow.errors import RegistryError
 from edge.simulator.factory import FactoryLayout, Machine
+from schemas.telemetry import METRIC_UNITS, Identifier, MetricName
 
 logger = logging.getLogger(__name__)
 
@@ -100,3 +103,79 @@ def known_device_ids(conn: psycopg.Connection[Any]) -> set[str]:
     with conn.cursor() as cur:
         cur.execute("SELECT device_id FROM devices")
         return {row[0] for row in cur.fetchall()}
+
+
+class DeviceRegistration(BaseModel):
+    """One meter to register under an existing asset, read through a gateway."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device_id: Identifier
+    asset_id: Identifier
+    gateway_id: Identifier
+    metric: MetricName = "active_power"
+    unit: str = Field(default="", description="The metric's canonical unit; default: that unit")
+    energy_carrier: Literal["electricity", "natural_gas", "diesel", "coal", "steam", "heat"] = (
+        "electricity"
+    )
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _canonical_unit(self) -> Self:
+        canonical = METRIC_UNITS.get(self.metric)
+        if canonical is None:
+            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(METRIC_UNITS)}")
+        if self.unit and self.unit != canonical:
+            raise ValueError(f"{self.metric} is measured in {canonical}, not {self.unit}")
+        return self
+
+    @property
+    def canonical_unit(self) -> str:
+        return METRIC_UNITS[self.metric]
+
+
+_INSERT_DEVICE = """
+INSERT INTO devices (device_id, asset_id, gateway_id, metric, unit, energy_carrier, description)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (device_id) DO NOTHING
+"""
+
+
+def register_device(conn: psycopg.Connection[Any], device: DeviceRegistration) -> bool:
+    """Register one device; True if added, False if it was already registered just so.
+
+    Refuses (``RegistryError``) an unknown asset, and a device id already registered under
+    another gateway or asset: moving a meter is a deliberate change, not a side effect.
+    """
+    values = (
+        device.device_id,
+        device.asset_id,
+        device.gateway_id,
+        device.metric,
+        device.canonical_unit,
+        device.energy_carrier,
+        device.description,
+    )
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_INSERT_DEVICE, values)
+            if cur.rowcount == 1:
+                logger.info(
+                    "registered device %s under gateway %s", device.device_id, device.gateway_id
+                )
+                return True
+            cur.execute(
+                "SELECT gateway_id, asset_id FROM devices WHERE device_id = %s",
+                (device.device_id,),
+            )
+            existing = cur.fetchone()
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise RegistryError(f"no asset {device.asset_id!r} is registered") from exc
+    if existing is None:
+        raise RegistryError(f"device {device.device_id} vanished while being registered")
+    if existing != (device.gateway_id, device.asset_id):
+        raise RegistryError(
+            f"device {device.device_id} is already registered under gateway {existing[0]}"
+            f" (asset {existing[1]})"
+        )
+    return False

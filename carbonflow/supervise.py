@@ -113,14 +113,12 @@ def wait_for_status(
     import json
 
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+
+    from carbonflow.mqtt_client import new_client
 
     topic = mqtt_settings.service_status_topic(service, instance)
     seen = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
-    if mqtt_settings.username:
-        password = mqtt_settings.password.get_secret_value() if mqtt_settings.password else None
-        client.username_pw_set(mqtt_settings.username, password)
+    client = new_client(mqtt_settings)
 
     def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         if json.loads(message.payload).get("state") == state:
@@ -131,7 +129,7 @@ def wait_for_status(
 
     client.on_message = on_message
     client.on_connect = on_connect
-    client.connect(mqtt_settings.host, mqtt_settings.port)
+    client.connect(mqtt_settings.host, mqtt_settings.broker_port)
     client.loop_start()
     try:
         wait_for(
@@ -143,6 +141,28 @@ def wait_for_status(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def mqtt_env(settings: MqttSettings) -> dict[str, str]:
+    """Environment variables that make a child service's ``MqttSettings()`` equal ``settings``.
+
+    Secrets reach child services this way only: never on a command line.
+    """
+    env = {
+        "CARBONFLOW_MQTT_HOST": settings.host,
+        "CARBONFLOW_MQTT_PORT": str(settings.port),
+        "CARBONFLOW_MQTT_TLS_PORT": str(settings.tls_port),
+        "CARBONFLOW_MQTT_TLS": "true" if settings.tls else "false",
+        "CARBONFLOW_MQTT_TOPIC_ROOT": settings.topic_root,
+        "CARBONFLOW_MQTT_KEEPALIVE_S": str(settings.keepalive_s),
+    }
+    if settings.tls_ca_file is not None:
+        env["CARBONFLOW_MQTT_TLS_CA_FILE"] = str(settings.tls_ca_file)
+    if settings.username is not None:
+        env["CARBONFLOW_MQTT_USERNAME"] = settings.username
+    if settings.password is not None:
+        env["CARBONFLOW_MQTT_PASSWORD"] = settings.password.get_secret_value()
+    return env
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -30,8 +30,11 @@ on 127.0.0.1 so that ``DatabaseSettings()`` works out of the box. Every other ro
 needs a password over TCP. Set ``CARBONFLOW_DB_PASSWORD`` wherever other local users must not
 be able to act as the application.
 
-MQTT (local development): anonymous clients may connect; per-device credentials and ACLs
-arrive in a later change.
+MQTT: anonymous clients are refused. The password file and ACL are generated from the
+``mqtt_credentials`` and ``devices`` tables of every database on the stack's PostgreSQL and
+applied with SIGHUP (``Stack.sync_mqtt_access``); ``up`` migrates the main database and
+issues the platform service identity (``<state_dir>/mqtt/services.env``, 0600). A second
+listener serves TLS with a certificate from the stack's own CA (``<state_dir>/mqtt/ca.crt``).
 """
 
 from __future__ import annotations

@@ -220,6 +220,6 @@ class KafkaService(Service):
     def after_ready(self) -> None:
         kafka_admin.ensure_topics(
             self.kafka,
-            [self.kafka.readings_topic, self.kafka.deadletter_topic],
+            [self.kafka.readings_topic, self.kafka.deadletter_topic, self.kafka.events_topic],
             self.kafka.partitions,
         )

@@ -7,14 +7,23 @@ import shutil
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
+
+import psycopg
+from dotenv import dotenv_values
+from pydantic import SecretStr
 
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings, StackSettings
-from carbonflow.errors import StackError
+from carbonflow.errors import CredentialError, StackError
+from carbonflow.files import write_private
+from carbonflow.mqtt_auth import store
+from carbonflow.mqtt_auth.access import BrokerAccess, Role, merge
 from carbonflow.stack import kafka_admin
 from carbonflow.stack.base import Service, ServiceStatus
 from carbonflow.stack.kafka import KafkaService
 from carbonflow.stack.mosquitto import MosquittoService
 from carbonflow.stack.postgres import PostgresService
+from carbonflow.stack.probes import BrokerRefusedError, mqtt_probe
 from carbonflow.stack.process import file_lock
 
 logger = logging.getLogger(__name__)
@@ -23,6 +32,10 @@ logger = logging.getLogger(__name__)
 # not own (say a mistyped CARBONFLOW_STACK_STATE_DIR).
 STATE_MARKER = ".carbonflow-stack"
 LOCK_FILE = ".lock"
+# The platform services' MQTT identity (ingest reads what gateways publish).
+SERVICE_IDENTITY = "ingest"
+USERNAME_VAR = "CARBONFLOW_MQTT_USERNAME"
+PASSWORD_VAR = "CARBONFLOW_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a password
 
 
 class Stack:
@@ -82,6 +95,7 @@ class Stack:
                 service.wait_ready(self.settings.startup_timeout_s)
             for service in self.services:
                 service.after_ready()
+            self._secure_mqtt()
         logger.info(
             "stack is up (%.1fs); state in %s", time.monotonic() - begun, self.settings.state_dir
         )
@@ -149,6 +163,95 @@ class Stack:
                 "State of the CarbonFlow local stack; `carbonflow stack reset` deletes it.\n"
             )
 
+    # -- MQTT identities --------------------------------------------------------------------------
+
+    @property
+    def services_env(self) -> Path:
+        """The platform service identity's credentials, as environment variables (0600)."""
+        return self.mosquitto.client_dir / "services.env"
+
+    def _secure_mqtt(self) -> None:
+        """Migrate the main database (the registry), issue the service identity if it has
+        none, and apply every registry's identities to the broker."""
+        from carbonflow import db
+
+        db.migrate(self.db)
+        try:
+            self._ensure_service_identity()
+            self.sync_mqtt_access()
+            try:
+                mqtt_probe(self.service_mqtt_settings())
+            except BrokerRefusedError:
+                # Issued anew elsewhere (say `carbonflow mqtt issue ingest --role service`):
+                # the password in services.env is stale.
+                logger.info(
+                    "the service identity in %s is refused; issuing it anew", self.services_env
+                )
+                self._ensure_service_identity(renew=True)
+                self.sync_mqtt_access()
+        except CredentialError as exc:
+            raise StackError(f"securing the MQTT broker failed: {exc}") from exc
+
+    def _ensure_service_identity(self, *, renew: bool = False) -> None:
+        known = dotenv_values(self.services_env) if self.services_env.exists() else {}
+        try:
+            with psycopg.connect(self.db.conninfo(), autocommit=True) as conn:
+                role = store.active_role(conn, SERVICE_IDENTITY)
+                if (
+                    not renew
+                    and role is Role.SERVICE
+                    and known.get(USERNAME_VAR) == SERVICE_IDENTITY
+                    and known.get(PASSWORD_VAR)
+                ):
+                    return
+                password = store.issue(conn, SERVICE_IDENTITY, Role.SERVICE)
+        except psycopg.Error as exc:
+            raise StackError(f"cannot issue the MQTT service identity: {exc}") from exc
+        write_private(
+            self.services_env,
+            f"{USERNAME_VAR}={SERVICE_IDENTITY}\n{PASSWORD_VAR}={password.get_secret_value()}\n",
+        )
+        logger.info(
+            "issued the MQTT identity %r for platform services: %s",
+            SERVICE_IDENTITY,
+            self.services_env,
+        )
+
+    def service_mqtt_settings(self, settings: MqttSettings | None = None) -> MqttSettings:
+        """``settings`` (default: the stack's) as the platform service identity."""
+        known = dotenv_values(self.services_env) if self.services_env.exists() else {}
+        username, password = known.get(USERNAME_VAR), known.get(PASSWORD_VAR)
+        if not username or not password:
+            raise StackError(
+                f"no service credentials in {self.services_env}; run `carbonflow stack up`"
+            )
+        return (settings or self.mqtt).model_copy(
+            update={"username": username, "password": SecretStr(password)}
+        )
+
+    def tls_settings(self, settings: MqttSettings) -> MqttSettings:
+        """``settings`` over the TLS listener, trusting the stack's CA."""
+        return self.mosquitto.tls_settings(settings)
+
+    def sync_mqtt_access(self) -> BrokerAccess:
+        """Regenerate the broker's password file and ACL from every registry; reload it.
+
+        Call after issuing or revoking credentials or registering devices. Cheap when nothing
+        changed (no reload then).
+        """
+        with file_lock(self.mosquitto.client_dir / LOCK_FILE):
+            # The stack's own database wins a clash: its service identity is everyone's.
+            access = merge(self.postgres.mqtt_registries(), primary=self.db.name)
+            for problem in access.problems:
+                logger.warning("MQTT access: %s", problem)
+            if self.mosquitto.apply_access(access):
+                logger.info(
+                    "MQTT access applied: %d identities, %d gateway devices",
+                    len(access.identities),
+                    sum(len(d) for d in access.devices_by_gateway.values()),
+                )
+        return access
+
     # -- helpers for tests and tools --------------------------------------------------------------
 
     def create_database(self, name: str) -> None:
@@ -164,3 +267,17 @@ class Stack:
         return kafka_admin.ensure_topics(
             self.kafka, names, partitions if partitions is not None else self.kafka.partitions
         )
+
+    def standalone_broker(self, state_dir: Path, *, port: int, tls_port: int) -> MosquittoService:
+        """A Mosquitto of its own in ``state_dir``, admitting the identities the stack's does.
+
+        For tests that stop and start a broker, which must never be the shared one. Start it
+        with ``ensure_started()`` and ``wait_ready(timeout_s)``, stop it with ``stop()``.
+        ``state_dir`` and its parents must be searchable by the broker's OS account.
+        """
+        broker = MosquittoService(
+            self.settings.model_copy(update={"state_dir": state_dir}),
+            self.mqtt.model_copy(update={"port": port, "tls_port": tls_port}),
+        )
+        broker.apply_access(merge(self.postgres.mqtt_registries(), primary=self.db.name))
+        return broker

@@ -19,6 +19,8 @@ from psycopg import sql
 
 from carbonflow.config import DatabaseSettings, StackSettings
 from carbonflow.errors import StackError
+from carbonflow.mqtt_auth import store
+from carbonflow.mqtt_auth.access import RegistrySnapshot
 from carbonflow.stack.base import Service, require_running
 from carbonflow.stack.probes import postgres_probe
 from carbonflow.stack.process import RunAs, can_traverse, chown_tree, is_root, run
@@ -253,6 +255,31 @@ class PostgresService(Service):
                 )
         except psycopg.Error as exc:
             raise StackError(f"cannot create database {name}: {exc}") from exc
+
+    def mqtt_registries(self) -> list[RegistrySnapshot]:
+        """The MQTT identities of every database here that has the registry's credentials table.
+
+        One broker serves them all (the demo's database and each test run's), so the broker's
+        files are made from all of them. A database dropped meanwhile is skipped.
+        """
+        require_running(self)
+        with self._admin() as conn:
+            names = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+                    " ORDER BY datname"
+                ).fetchall()
+            ]
+        snapshots = []
+        for name in names:
+            try:
+                with psycopg.connect(self.superuser_conninfo(name), autocommit=True) as conn:
+                    if store.has_credentials_table(conn):
+                        snapshots.append(store.snapshot(conn, name))
+            except psycopg.OperationalError as exc:
+                logger.debug("skipping database %s: %s", name, exc)
+        return snapshots
 
     def drop_database(self, name: str) -> None:
         """Drop database `name` if it exists, disconnecting its sessions."""

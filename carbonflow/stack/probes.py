@@ -11,20 +11,27 @@ import threading
 
 import psycopg
 from paho.mqtt.client import Client, ConnectFlags
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from carbonflow.config import MqttSettings
 from carbonflow.errors import StackError
+from carbonflow.mqtt_client import new_client
+
+
+class BrokerRefusedError(StackError):
+    """The MQTT broker answered, and refused the client (CONNACK with a failure code)."""
+
 
 TIMESCALEDB_VERSION_SQL = "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
 
 
 def mqtt_probe(settings: MqttSettings, timeout_s: float = 3.0) -> str:
-    """A full MQTT CONNECT / CONNACK round-trip."""
+    """A full MQTT CONNECT / CONNACK round-trip (over TLS when ``settings.tls``)."""
     done = threading.Event()
     outcome: dict[str, str] = {}
+    where = f"{settings.host}:{settings.broker_port}"
 
     def on_connect(
         client: Client,
@@ -37,25 +44,24 @@ def mqtt_probe(settings: MqttSettings, timeout_s: float = 3.0) -> str:
         outcome["ok"] = "yes" if not reason_code.is_failure else ""
         done.set()
 
-    client = Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"carbonflow-stack-probe-{os.getpid()}",
+    client = new_client(
+        settings,
+        client_id=f"carbonflow-stack-probe-{os.getpid()}-{threading.get_ident()}",
         protocol=MQTTProtocolVersion.MQTTv311,
     )
     client.on_connect = on_connect
-    if settings.username is not None:
-        password = settings.password.get_secret_value() if settings.password else None
-        client.username_pw_set(settings.username, password)
     try:
-        client.connect(settings.host, settings.port, keepalive=10)
-    except OSError as exc:
-        raise StackError(f"MQTT connect to {settings.host}:{settings.port} failed: {exc}") from exc
+        client.connect(settings.host, settings.broker_port, keepalive=10)
+    except OSError as exc:  # ssl.SSLError included
+        raise StackError(f"MQTT connect to {where} failed: {exc}") from exc
     client.loop_start()
     try:
         if not done.wait(timeout_s):
-            raise StackError(f"no CONNACK from {settings.host}:{settings.port} in {timeout_s}s")
+            raise StackError(f"no CONNACK from {where} in {timeout_s}s")
         if not outcome.get("ok"):
-            raise StackError(f"MQTT broker refused the connection: {outcome.get('reason')}")
+            raise BrokerRefusedError(
+                f"MQTT broker at {where} refused the connection: {outcome.get('reason')}"
+            )
     finally:
         client.disconnect()
         client.loop_stop()

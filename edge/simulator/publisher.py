@@ -11,22 +11,24 @@ import random
 import secrets
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt_client
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from carbonflow.config import MqttSettings
+from carbonflow.mqtt_client import new_client
 from edge.errors import BrokerConnectionError, EdgeError, PublishError
 from edge.simulator.batching import BatchBuilder, new_session_id
 from edge.simulator.factory import FactoryLayout, PowerModel, demo_factory, small_factory
-from edge.simulator.runner import PublishSummary, replay, run_live
+from edge.simulator.runner import BatchSink, PublishSummary, replay, run_live
 from edge.simulator.settings import SimulatorSettings
 from schemas.telemetry import TelemetryBatch
 
@@ -75,12 +77,7 @@ class Publisher:
         self._refusal: str | None = None
         self._closing = False
 
-        client = mqtt_client.Client(
-            CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol
-        )
-        if mqtt.username is not None:
-            password = mqtt.password.get_secret_value() if mqtt.password is not None else None
-            client.username_pw_set(mqtt.username, password)
+        client = new_client(mqtt, client_id=self._client_id, protocol=protocol)
         client.max_inflight_messages_set(max_inflight)
         # Our own bound keeps paho's queue below this; it is a backstop, never the limit hit.
         client.max_queued_messages_set(max_pending)
@@ -115,12 +112,12 @@ class Publisher:
 
     def connect(self) -> None:
         """Connect and wait for the broker's CONNACK; raises ``BrokerConnectionError``."""
-        where = f"{self._mqtt.host}:{self._mqtt.port}"
+        where = f"{self._mqtt.host}:{self._mqtt.broker_port}"
         self._connected.clear()
         self._refusal = None
         self._closing = False
         try:
-            self._client.connect(self._mqtt.host, self._mqtt.port, self._mqtt.keepalive_s)
+            self._client.connect(self._mqtt.host, self._mqtt.broker_port, self._mqtt.keepalive_s)
         except (OSError, ValueError) as exc:
             raise BrokerConnectionError(f"cannot connect to MQTT broker {where}: {exc}") from exc
         self._client.loop_start()
@@ -272,6 +269,77 @@ class Publisher:
             self._lock.notify_all()
 
 
+class GatewayPublishers:
+    """One ``Publisher`` per gateway, each with its gateway's own MQTT identity.
+
+    The broker lets a gateway publish only for its own devices, so a simulated fleet needs a
+    connection per gateway; batches go to the connection of their ``gateway_id``. A
+    ``BatchSink`` and a context manager like ``Publisher``.
+    """
+
+    def __init__(self, connections: Mapping[str, MqttSettings], **options: Any) -> None:
+        """``connections``: gateway id -> its settings; ``options`` go to each ``Publisher``
+        (``client_id`` gets the gateway id appended)."""
+        if not connections:
+            raise ValueError("no gateways to publish for")
+        client_id = options.pop("client_id", None) or f"carbonflow-sim-{secrets.token_hex(4)}"
+        self._publishers = {
+            gateway_id: Publisher(settings, client_id=f"{client_id}-{gateway_id}", **options)
+            for gateway_id, settings in connections.items()
+        }
+
+    @property
+    def published(self) -> int:
+        return sum(p.published for p in self._publishers.values())
+
+    @property
+    def acked(self) -> int:
+        return sum(p.acked for p in self._publishers.values())
+
+    @property
+    def pending(self) -> int:
+        return sum(p.pending for p in self._publishers.values())
+
+    def connect(self) -> None:
+        connected: list[Publisher] = []
+        try:
+            for publisher in self._publishers.values():
+                publisher.connect()
+                connected.append(publisher)
+        except BaseException:
+            for publisher in connected:
+                publisher.close()
+            raise
+
+    def close(self) -> None:
+        for publisher in self._publishers.values():
+            publisher.close()
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def publish_batch(self, batch: TelemetryBatch) -> None:
+        publisher = self._publishers.get(batch.gateway_id)
+        if publisher is None:
+            raise PublishError(f"no MQTT connection for gateway {batch.gateway_id}")
+        publisher.publish_batch(batch)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait (up to ``timeout`` s in all) for every gateway's PUBACKs."""
+        deadline = time.monotonic() + timeout
+        for publisher in self._publishers.values():
+            publisher.flush(max(0.0, deadline - time.monotonic()))
+
+
 # --------------------------------------------------------------------------------------------
 # Composition root
 
@@ -280,6 +348,21 @@ def build_layout(sim: SimulatorSettings) -> FactoryLayout:
     if sim.devices is None:
         return demo_factory()
     return small_factory(sim.devices, prefix=sim.device_prefix)
+
+
+def gateway_connections(
+    mqtt: MqttSettings, sim: SimulatorSettings, layout: FactoryLayout
+) -> dict[str, MqttSettings]:
+    """Each of the layout's gateways as its own MQTT identity (username = gateway id)."""
+    missing = [g for g in layout.gateways() if g not in sim.gateway_passwords]
+    if missing:
+        raise EdgeError(f"no MQTT password for gateway(s) {', '.join(missing)}")
+    return {
+        gateway_id: mqtt.model_copy(
+            update={"username": gateway_id, "password": sim.gateway_passwords[gateway_id]}
+        )
+        for gateway_id in layout.gateways()
+    }
 
 
 def _as_utc(t: datetime) -> datetime:
@@ -305,14 +388,18 @@ def run_simulator(
     # from the OS, not from the simulation seed.
     session_id = sim.session_id or new_session_id(random.SystemRandom())
     builder = BatchBuilder(session_id)
-    publisher = Publisher(
-        mqtt,
-        client_id=sim.client_id or f"carbonflow-{session_id}",
-        max_pending=sim.max_pending,
-        max_inflight=sim.max_inflight,
-        connect_timeout_s=sim.connect_timeout_s,
-        publish_timeout_s=sim.publish_timeout_s,
-    )
+    options: dict[str, Any] = {
+        "client_id": sim.client_id or f"carbonflow-{session_id}",
+        "max_pending": sim.max_pending,
+        "max_inflight": sim.max_inflight,
+        "connect_timeout_s": sim.connect_timeout_s,
+        "publish_timeout_s": sim.publish_timeout_s,
+    }
+    publisher: Publisher | GatewayPublishers
+    if sim.gateway_passwords:
+        publisher = GatewayPublishers(gateway_connections(mqtt, sim, layout), **options)
+    else:
+        publisher = Publisher(mqtt, **options)
     logger.info(
         "simulating %d devices on %d sites, session %s, seed %d",
         len(layout.machines),
@@ -334,7 +421,7 @@ def run_simulator(
 
 
 def _replay(
-    publisher: Publisher,
+    publisher: BatchSink,
     model: PowerModel,
     builder: BatchBuilder,
     start: datetime,
@@ -356,7 +443,7 @@ def _replay(
 
 
 def _live(
-    publisher: Publisher,
+    publisher: BatchSink,
     model: PowerModel,
     builder: BatchBuilder,
     stop: threading.Event,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.simulator.factory import MAX_BATCH_SIZE
@@ -34,6 +34,13 @@ class SimulatorSettings(BaseSettings):
         description="Fixed session id; by default a fresh one per start",
     )
     client_id: str | None = Field(default=None, description="MQTT client id; default per session")
+    gateway_passwords: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description=(
+            "MQTT password of each simulated gateway (JSON object, gateway id -> password):"
+            " then each gateway publishes over its own connection as itself"
+        ),
+    )
     max_pending: int = Field(default=1000, ge=1, description="Unacknowledged batches at most")
     max_inflight: int = Field(default=20, ge=1, le=65535, description="QoS 1 window on the wire")
     connect_timeout_s: float = Field(default=10.0, gt=0)

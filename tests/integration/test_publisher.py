@@ -1,4 +1,7 @@
-"""The simulator's MQTT publisher against the real local Mosquitto: PUBACKs and what arrives."""
+"""The simulator's MQTT publisher against the real local Mosquitto: PUBACKs and what arrives.
+
+Each simulated gateway publishes as itself (its own credentials), as the broker requires.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +9,22 @@ import queue
 import socket
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt_client
+import psycopg
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from pydantic import SecretStr
 
 from carbonflow.config import MqttSettings
-from edge.errors import BrokerConnectionError
+from carbonflow.mqtt_client import new_client
+from carbonflow.registry import upsert_layout
+from edge.errors import BrokerConnectionError, EdgeError
 from edge.simulator.batching import BatchBuilder
-from edge.simulator.factory import PowerModel, simulate, small_factory
-from edge.simulator.publisher import Publisher, run_simulator
+from edge.simulator.factory import FactoryLayout, PowerModel, simulate, small_factory
+from edge.simulator.publisher import GatewayPublishers, Publisher, run_simulator
 from edge.simulator.settings import SimulatorSettings
 from schemas.telemetry import TelemetryBatch
 
@@ -28,9 +34,36 @@ START = datetime(2025, 6, 4, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def settings(stack: object, mqtt_settings: MqttSettings, run_id: str) -> MqttSettings:
+def settings(mqtt_settings: MqttSettings, run_id: str) -> MqttSettings:
     """A topic root of this run's own, so no ingest instance or earlier run sees our data."""
     return mqtt_settings.model_copy(update={"topic_root": f"cf-test-{run_id}/v1"})
+
+
+Fleet = Callable[[FactoryLayout], dict[str, MqttSettings]]
+
+
+@pytest.fixture
+def fleet(
+    settings: MqttSettings,
+    db_conn: psycopg.Connection,
+    edge_mqtt_settings: Callable[[str], MqttSettings],
+) -> Fleet:
+    """Registers a layout and gives each of its gateways its own MQTT identity."""
+
+    def register(layout: FactoryLayout) -> dict[str, MqttSettings]:
+        upsert_layout(db_conn, layout)
+        return {
+            gateway_id: edge_mqtt_settings(gateway_id).model_copy(
+                update={"topic_root": settings.topic_root}
+            )
+            for gateway_id in layout.gateways()
+        }
+
+    return register
+
+
+def passwords(gateways: dict[str, MqttSettings]) -> dict[str, SecretStr]:
+    return {g: s.password for g, s in gateways.items() if s.password is not None}
 
 
 class Subscriber:
@@ -39,16 +72,14 @@ class Subscriber:
     def __init__(self, settings: MqttSettings, client_id: str) -> None:
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._subscribed = threading.Event()
-        self._client = mqtt_client.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
+        self._client = new_client(settings, client_id=client_id)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._settings = settings
 
     def __enter__(self) -> Subscriber:
-        self._client.connect(self._settings.host, self._settings.port)
+        self._client.connect(self._settings.host, self._settings.broker_port)
         self._client.loop_start()
         assert self._subscribed.wait(10), "no SUBACK"
         return self
@@ -79,8 +110,7 @@ def subscriber(settings: MqttSettings, run_id: str) -> Iterator[Subscriber]:
         yield sub
 
 
-def _known_batches(n_devices: int, minutes: int, batch_size: int) -> list[TelemetryBatch]:
-    layout = small_factory(n_devices, prefix="pubtest")
+def _known_batches(layout: FactoryLayout, minutes: int, batch_size: int) -> list[TelemetryBatch]:
     builder = BatchBuilder("pubtest-session")
     end = START + timedelta(minutes=minutes)
     return [
@@ -90,12 +120,14 @@ def _known_batches(n_devices: int, minutes: int, batch_size: int) -> list[Teleme
 
 
 def test_published_batches_are_all_acknowledged_and_arrive_intact(
-    settings: MqttSettings, subscriber: Subscriber, run_id: str
+    settings: MqttSettings, subscriber: Subscriber, fleet: Fleet, run_id: str
 ) -> None:
-    batches = _known_batches(n_devices=6, minutes=10, batch_size=7)
+    layout = small_factory(6, prefix=f"pub{run_id}")
+    gateways = fleet(layout)
+    batches = _known_batches(layout, minutes=10, batch_size=7)
     repeated = batches[::4]  # at-least-once: some batches go out twice
     # A small pending bound makes publish_batch wait for PUBACKs along the way.
-    with Publisher(settings, client_id=f"test-pub-{run_id}", max_pending=8) as publisher:
+    with GatewayPublishers(gateways, client_id=f"test-pub-{run_id}", max_pending=8) as publisher:
         for batch in [*batches, *repeated]:
             publisher.publish_batch(batch)
         publisher.flush(timeout=30)
@@ -116,15 +148,18 @@ def test_published_batches_are_all_acknowledged_and_arrive_intact(
 
 
 def test_replay_through_run_simulator_publishes_every_reading(
-    settings: MqttSettings, subscriber: Subscriber
+    settings: MqttSettings, subscriber: Subscriber, fleet: Fleet, run_id: str
 ) -> None:
+    prefix = f"replay{run_id}"
+    gateways = fleet(small_factory(4, prefix=prefix))
     sim = SimulatorSettings(
         devices=4,
-        device_prefix="replaytest",
+        device_prefix=prefix,
         seed=9,
         session_id="replay-1",
         interval_s=5.0,
         replay_batch_size=24,
+        gateway_passwords=passwords(gateways),
     )
     summary = run_simulator(settings, sim, replay=(START, START + timedelta(minutes=6)))
     assert (summary.batches, summary.readings) == (4 * 3, 4 * 72)
@@ -134,9 +169,17 @@ def test_replay_through_run_simulator_publishes_every_reading(
     assert len(readings) == 4 * 72
 
 
-def test_live_mode_publishes_until_stopped(settings: MqttSettings, subscriber: Subscriber) -> None:
+def test_live_mode_publishes_until_stopped(
+    settings: MqttSettings, subscriber: Subscriber, fleet: Fleet, run_id: str
+) -> None:
+    prefix = f"live{run_id}"
+    gateways = fleet(small_factory(2, prefix=prefix))
     sim = SimulatorSettings(
-        devices=2, device_prefix="livetest", interval_s=0.2, batch_interval_s=0.6
+        devices=2,
+        device_prefix=prefix,
+        interval_s=0.2,
+        batch_interval_s=0.6,
+        gateway_passwords=passwords(gateways),
     )
     stop = threading.Event()
     threading.Timer(1.5, stop.set).start()
@@ -159,3 +202,15 @@ def test_connecting_to_a_closed_port_raises_a_clear_error() -> None:
     with pytest.raises(BrokerConnectionError, match="cannot connect") as info:
         publisher.connect()
     assert isinstance(info.value.__cause__, OSError)
+
+
+def test_run_simulator_needs_a_password_for_every_gateway(
+    settings: MqttSettings, fleet: Fleet, run_id: str
+) -> None:
+    prefix = f"partial{run_id}"
+    gateways = fleet(small_factory(2, prefix=prefix))
+    one = dict(list(passwords(gateways).items())[:1])
+    sim = SimulatorSettings(devices=2, device_prefix=prefix, gateway_passwords=one)
+
+    with pytest.raises(EdgeError, match=f"no MQTT password for gateway.*{prefix}-gw2"):
+        run_simulator(settings, sim, replay=(START, START + timedelta(minutes=1)))

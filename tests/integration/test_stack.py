@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -11,12 +12,13 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from paho.mqtt.client import Client, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.errors import StackError
+from carbonflow.mqtt_client import new_client
 from carbonflow.stack import Stack
 from carbonflow.stack.kafka_admin import ensure_topics
+from carbonflow.stack.probes import mqtt_probe
 
 pytestmark = pytest.mark.integration
 
@@ -159,19 +161,16 @@ def test_ensure_topics_is_idempotent_and_topics_carry_messages(stack: Stack, run
 def test_mqtt_publish_subscribe_round_trip(
     stack: Stack, mqtt_settings: MqttSettings, run_id: str
 ) -> None:
-    topic = f"{mqtt_settings.topic_root}/test/stack/{run_id}"
+    # The platform service identity may write its own status and read every status.
+    topic = mqtt_settings.service_status_topic("ingest", f"stack-test-{run_id}")
     payload = uuid.uuid4().bytes
     subscribed = threading.Event()
     received: list[MQTTMessage] = []
     got_it = threading.Event()
 
     def client(name: str) -> Client:
-        c = Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{name}-{run_id}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        c.connect(mqtt_settings.host, mqtt_settings.port, keepalive=mqtt_settings.keepalive_s)
+        c = new_client(mqtt_settings, client_id=f"{name}-{run_id}")
+        c.connect(mqtt_settings.host, mqtt_settings.broker_port, mqtt_settings.keepalive_s)
         c.loop_start()
         return c
 
@@ -200,39 +199,10 @@ def test_mqtt_publish_subscribe_round_trip(
     assert received[0].qos == 1
 
 
-def test_new_topics_fit_full_batches_and_dead_letters_never_expire(run_id: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+def test_service_credentials_are_private_and_work_over_tls(
+    stack: Stack, mqtt_settings: MqttSettings
+) -> None:
+    assert stat.S_IMODE(stack.services_env.stat().st_mode) == 0o600
+    tls = stack.tls_settings(mqtt_settings)
 
-    from carbonflow.stack.kafka_admin import MAX_MESSAGE_BYTES
-
-    kafka = KafkaSettings(
-        readings_topic=f"carbonflow.cfg-{run_id}.readings",
-        deadletter_topic=f"carbonflow.cfg-{run_id}.deadletter",
-    )
-    ensure_topics(kafka, [kafka.readings_topic, kafka.deadletter_topic], 1)
-
-    async def describe() -> dict[str, dict[str, str]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-        await admin.start()
-        try:
-            keys = {"retention.ms": None, "max.message.bytes": None}
-            responses = await admin.describe_configs(
-                [
-                    ConfigResource(ConfigResourceType.TOPIC, name, dict(keys))
-                    for name in (kafka.readings_topic, kafka.deadletter_topic)
-                ]
-            )
-        finally:
-            await admin.close()
-        return {
-            resource[3]: {entry[0]: entry[1] for entry in resource[4]}
-            for response in responses
-            for resource in response.resources
-        }
-
-    configs = asyncio.run(describe())
-    assert configs[kafka.deadletter_topic]["retention.ms"] == "-1"
-    assert configs[kafka.readings_topic]["retention.ms"] != "-1"
-    for name in (kafka.readings_topic, kafka.deadletter_topic):
-        assert configs[name]["max.message.bytes"] == str(MAX_MESSAGE_BYTES)
+    assert mqtt_probe(tls) == "MQTT CONNACK received"
