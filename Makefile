@@ -47,6 +47,8 @@ lint: setup
 	@$(RUN) ruff format --check .
 	@echo "==> JSON Schemas in sync"
 	@$(RUN) python -m schemas.export --check
+	@echo "==> Sparkplug B protobuf code in sync"
+	@$(RUN) python -m services.ingest.sparkplug.codegen --check
 
 typecheck: setup
 	@echo "==> mypy"

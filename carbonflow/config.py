@@ -19,11 +19,21 @@ class MqttSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CARBONFLOW_MQTT_")
 
     host: str = "127.0.0.1"
-    port: int = 11883
+    port: int = Field(default=11883, description="Plain MQTT listener")
+    tls_port: int = Field(default=18883, description="MQTT over TLS listener")
     username: str | None = None
     password: SecretStr | None = None
+    tls: bool = Field(default=False, description="Connect over TLS, to tls_port")
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA certificate(s) to trust for TLS; default: the system's"
+    )
     topic_root: str = Field(default="cf/v1", description="Prefix of every CarbonFlow topic")
     keepalive_s: int = 30
+
+    @property
+    def broker_port(self) -> int:
+        """The port a client connects to: the TLS listener when ``tls`` is on."""
+        return self.tls_port if self.tls else self.port
 
     @property
     def telemetry_filter(self) -> str:
@@ -60,6 +70,7 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = "127.0.0.1:19092"
     readings_topic: str = "carbonflow.readings.v1"
     deadletter_topic: str = "carbonflow.deadletter.v1"
+    events_topic: str = "carbonflow.events.v1"
     partitions: int = 6
 
 

@@ -6,6 +6,7 @@ validate against the same contract. ``python -m schemas.export`` regenerates the
 """
 
 from schemas.deadletter import DeadLetterReason, DeadLetterRecord
+from schemas.events import PRESENCE_EVENTS, DeviceEvent, EventKind, SourceKind
 from schemas.presence import DeviceStatus, GatewayStatus, PresenceState
 from schemas.telemetry import (
     METRIC_UNITS,
@@ -17,13 +18,17 @@ from schemas.telemetry import (
 
 __all__ = [
     "METRIC_UNITS",
+    "PRESENCE_EVENTS",
     "DeadLetterReason",
     "DeadLetterRecord",
+    "DeviceEvent",
     "DeviceStatus",
+    "EventKind",
     "GatewayStatus",
     "PresenceState",
     "Quality",
     "Reading",
     "ReadingsRecord",
+    "SourceKind",
     "TelemetryBatch",
 ]

@@ -21,6 +21,11 @@ class DeadLetterReason(StrEnum):
     STORAGE_REJECTED = "storage_rejected"  # the database refused it, e.g. a device since deleted
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNPROCESSABLE = "unprocessable"  # validation itself failed; the detail says how
+    # Sparkplug B
+    MALFORMED_PROTOBUF = "malformed_protobuf"  # payload (base64) is not a Sparkplug B payload
+    UNKNOWN_ALIAS = "unknown_alias"  # a metric alias or name the birth did not define
+    DATA_BEFORE_BIRTH = "data_before_birth"  # no birth seen for the node/device; rebirth asked
+    DATATYPE_MISMATCH = "datatype_mismatch"  # value not of the datatype the birth declared
 
 
 #: How much of an offending input a dead letter keeps (characters).

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.deadletter import DeadLetterRecord
+from schemas.events import DeviceEvent
 from schemas.presence import DeviceStatus, GatewayStatus
 from schemas.telemetry import ReadingsRecord, TelemetryBatch
 
@@ -20,6 +21,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "deadletter_record.v1.schema.json": DeadLetterRecord,
     "gateway_status.v1.schema.json": GatewayStatus,
     "device_status.v1.schema.json": DeviceStatus,
+    "device_event.v1.schema.json": DeviceEvent,
 }
 
 

@@ -1,8 +1,11 @@
 """MQTT -> Kafka bridge: the composition root of the ingest service.
 
-An MQTT message is acknowledged (PUBACK) only after Kafka has acknowledged everything made
-from it, the valid record and the dead letters alike, so a crash at any point makes the
-broker deliver the message again; the stream processor's idempotent writes absorb that.
+It takes JSON telemetry, gateway and meter presence, and Sparkplug B (``router`` says which
+handler makes what of a message) and writes readings, dead letters and device events to
+their Kafka topics. An MQTT message is acknowledged (PUBACK) only after Kafka has
+acknowledged everything made from it, readings, dead letters and events alike, so a crash
+at any point makes the broker deliver the message again; the stream processor's idempotent
+writes absorb that.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -33,10 +35,18 @@ from tenacity import (
 
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.errors import ServiceUnavailableError
+from carbonflow.mqtt_client import new_client
+from schemas import EventKind
 from services.ingest import metrics
 from services.ingest.devices import DeviceDirectory
+from services.ingest.router import MessageKind, MessageRouter, Routed
+from services.ingest.sequences import BatchSequences
 from services.ingest.settings import IngestSettings
-from services.ingest.validation import ValidationPolicy, device_from_topic, validate_message
+from services.ingest.sparkplug import topics as sparkplug_topics
+from services.ingest.sparkplug.host import SparkplugHost
+from services.ingest.sparkplug.mapping import MetricMapper
+from services.ingest.sparkplug.sessions import SparkplugSessions
+from services.ingest.validation import ValidationPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +69,7 @@ class IngestBridge:
             max_payload_bytes=settings.max_payload_bytes,
         )
         self._status_topic = mqtt_settings.service_status_topic("ingest", settings.client_id)
+        self._router = _router(mqtt_settings, settings, self._policy)
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -100,16 +111,8 @@ class IngestBridge:
             await producer.stop()
 
     def _mqtt_client(self, deliver: object) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._settings.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        if self._mqtt.username:
-            password = self._mqtt.password.get_secret_value() if self._mqtt.password else None
-            client.username_pw_set(self._mqtt.username, password)
-        subscription = f"$share/{self._settings.share_group}/{self._mqtt.telemetry_filter}"
+        client = new_client(self._mqtt, client_id=self._settings.client_id, manual_ack=True)
+        subscriptions = self._subscriptions()
         # Presence: retained "online" once subscribed, "offline" by last will or on shutdown.
         client.will_set(self._status_topic, _status_payload("offline"), qos=1, retain=True)
 
@@ -120,8 +123,8 @@ class IngestBridge:
                 # e.g. bad credentials: say so loudly; paho keeps retrying the connection.
                 logger.error("MQTT broker refused the connection: %s", reason)
                 return
-            logger.info("MQTT connected; subscribing %s", subscription)
-            client.subscribe(subscription, qos=1)
+            logger.info("MQTT connected; subscribing %s", ", ".join(subscriptions))
+            client.subscribe([(topic, 1) for topic in subscriptions])
 
         def on_subscribe(
             client: mqtt.Client, _u: object, _mid: int, codes: object, _p: object
@@ -136,6 +139,22 @@ class IngestBridge:
         client.on_message = on_message
         return client
 
+    def _subscriptions(self) -> list[str]:
+        """Shared: telemetry and Sparkplug data, spread over the instances. Plain: presence
+        (retained, and a shared subscription gets no retained messages) and Sparkplug births
+        and deaths (every instance needs every node's aliases and bdSeq). Every instance
+        records the same presence events; the store keeps one of each."""
+        share = f"$share/{self._settings.share_group}"
+        sparkplug_lifecycle, sparkplug_data = sparkplug_topics.subscriptions(
+            self._settings.sparkplug_groups, self._settings.share_group
+        )
+        return [
+            f"{share}/{self._mqtt.telemetry_filter}",
+            *self._mqtt.presence_filters,
+            *sparkplug_lifecycle,
+            *sparkplug_data,
+        ]
+
     def _connect(self, client: mqtt.Client) -> None:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._settings.session_expiry_s
@@ -143,7 +162,7 @@ class IngestBridge:
         try:
             client.connect(
                 self._mqtt.host,
-                self._mqtt.port,
+                self._mqtt.broker_port,
                 keepalive=self._mqtt.keepalive_s,
                 clean_start=False,
                 properties=properties,
@@ -161,36 +180,30 @@ class IngestBridge:
         stop: asyncio.Event,
     ) -> None:
         received_at = datetime.now(UTC)
-        root = self._mqtt.topic_root
-        topic_devices = {msg.topic: device_from_topic(msg.topic, root) for msg in batch}
-        await self._devices.refresh_if_stale(wanted={d for d in topic_devices.values() if d})
+        wanted = {device for msg in batch if (device := self._router.device_of(msg.topic))}
+        await self._devices.refresh_if_stale(wanted=wanted)
         started = time.perf_counter()
-        metrics.MESSAGES.inc(len(batch))
         sends: list[tuple[str, bytes, bytes]] = []
+        commands: list[tuple[str, bytes]] = []
         for msg in batch:
-            outcome = validate_message(
-                msg.topic,
-                bytes(msg.payload),
-                received_at=received_at,
-                known_devices=self._devices,
-                topic_device_id=topic_devices[msg.topic],
-                policy=self._policy,
+            routed = self._router.route(
+                msg.topic, bytes(msg.payload), received_at=received_at, known_devices=self._devices
             )
-            if outcome.record is not None:
-                record = outcome.record
-                sends.append(
-                    (
-                        self._kafka.readings_topic,
-                        record.device_id.encode(),
-                        record.model_dump_json().encode(),
-                    )
-                )
-                metrics.READINGS_FORWARDED.inc(len(record.readings))
-            for reject in outcome.rejects:
+            _count(routed)
+            for record in routed.records:
+                key = record.device_id.encode()
+                sends.append((self._kafka.readings_topic, key, record.model_dump_json().encode()))
+            for reject in routed.rejects:
                 logger.info("dead letter %s: %s (%s)", reject.reason, reject.detail, msg.topic)
                 key = (reject.device_id or "").encode()
                 sends.append((self._kafka.deadletter_topic, key, reject.model_dump_json().encode()))
-                metrics.DEAD_LETTERS.labels(reject.reason.value).inc()
+            for event in routed.events:
+                logger.info(
+                    "%s %s: %s %s", event.source_kind, event.source_id, event.event, event.details
+                )
+                key = event.source_id.encode()
+                sends.append((self._kafka.events_topic, key, event.model_dump_json().encode()))
+            commands.extend(routed.commands)
         try:
             # Retriable errors (broker away, leader moving) are waited out; the MQTT messages
             # stay unacknowledged meanwhile. Anything else is a bug or a misconfiguration:
@@ -211,6 +224,49 @@ class IngestBridge:
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
         metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
+        for topic, payload in commands:
+            # Sparkplug: host commands (NCMD) go at QoS 0 and are never retained.
+            logger.info("asking for a Sparkplug rebirth on %s", topic)
+            client.publish(topic, payload, qos=0, retain=False)
+            metrics.SPARKPLUG_REBIRTH_REQUESTS.inc()
+
+
+def _router(
+    mqtt_settings: MqttSettings, settings: IngestSettings, policy: ValidationPolicy
+) -> MessageRouter:
+    sparkplug = None
+    if settings.sparkplug_groups:
+        sessions = SparkplugSessions(
+            rebirth_interval=timedelta(seconds=settings.sparkplug_rebirth_interval_s),
+            track_seq=settings.track_sequences,
+        )
+        sparkplug = SparkplugHost(sessions, MetricMapper(settings.sparkplug_metrics), policy)
+    return MessageRouter(
+        topic_root=mqtt_settings.topic_root,
+        policy=policy,
+        sparkplug=sparkplug,
+        sequences=BatchSequences() if settings.track_sequences else None,
+    )
+
+
+def _count(routed: Routed) -> None:
+    if routed.kind is MessageKind.TELEMETRY:
+        metrics.MESSAGES.inc()
+    elif routed.kind is MessageKind.PRESENCE:
+        metrics.PRESENCE_MESSAGES.inc()
+    elif routed.kind is MessageKind.SPARKPLUG:
+        metrics.SPARKPLUG_MESSAGES.labels(routed.sparkplug_type or "invalid").inc()
+    for record in routed.records:
+        metrics.READINGS_FORWARDED.inc(len(record.readings))
+    for reject in routed.rejects:
+        metrics.DEAD_LETTERS.labels(reject.reason.value).inc()
+    for event in routed.events:
+        metrics.EVENTS.labels(event.source_kind.value, event.event.value).inc()
+        missing = event.details.get("missing")
+        if event.event is EventKind.SEQ_GAP and isinstance(missing, int):
+            metrics.SEQUENCE_GAPS.labels(event.source_kind.value).inc(missing)
+    for why, count in routed.skipped.items():
+        metrics.SPARKPLUG_METRICS_SKIPPED.labels(why).inc(count)
 
 
 def _log_kafka_retry(state: RetryCallState) -> None:

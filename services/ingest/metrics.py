@@ -4,7 +4,34 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-MESSAGES = Counter("carbonflow_ingest_messages", "MQTT messages received")
+MESSAGES = Counter("carbonflow_ingest_messages", "Telemetry (JSON) MQTT messages received")
+PRESENCE_MESSAGES = Counter(
+    "carbonflow_ingest_presence_messages", "Gateway and meter status MQTT messages received"
+)
+SPARKPLUG_MESSAGES = Counter(
+    "carbonflow_ingest_sparkplug_messages",
+    "Sparkplug B MQTT messages received, by message type",
+    ["message_type"],
+)
+SPARKPLUG_METRICS_SKIPPED = Counter(
+    "carbonflow_ingest_sparkplug_metrics_skipped",
+    "Sparkplug metrics carrying no reading: null values, transient metrics",
+    ["why"],
+)
+SPARKPLUG_REBIRTH_REQUESTS = Counter(
+    "carbonflow_ingest_sparkplug_rebirth_requests",
+    "NCMD Node Control/Rebirth requests published (data came before a birth)",
+)
+EVENTS = Counter(
+    "carbonflow_ingest_device_events",
+    "Device events written to the events topic, by source kind and event",
+    ["source_kind", "event"],
+)
+SEQUENCE_GAPS = Counter(
+    "carbonflow_ingest_sequence_gap_messages",
+    "Messages found missing from seq gaps (telemetry batches, Sparkplug messages)",
+    ["source_kind"],
+)
 READINGS_FORWARDED = Counter(
     "carbonflow_ingest_readings_forwarded", "Valid readings written to the readings topic"
 )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.ingest.sparkplug.mapping import ConfiguredMetric
 
 
 class IngestSettings(BaseSettings):
@@ -31,3 +33,30 @@ class IngestSettings(BaseSettings):
         default=7 * 24 * 3600, ge=0, description="Broker keeps our queue this long"
     )
     max_payload_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    # Sequence gaps are exact only when one instance sees all of a source's messages; with
+    # several instances on one shared subscription each sees a part: turn this off then.
+    track_sequences: bool = Field(
+        default=True, description="Record gaps in telemetry and Sparkplug seq as device events"
+    )
+    # Sparkplug B: opt-in per group, so a broker shared with other Sparkplug hosts (or other
+    # CarbonFlow deployments) only feeds this one the groups meant for it.
+    sparkplug_groups: list[str] = Field(
+        default_factory=list,
+        description='Sparkplug group ids to take, JSON list; ["+"] takes all, [] none',
+    )
+    sparkplug_metrics: dict[str, ConfiguredMetric] = Field(
+        default_factory=dict,
+        description="Sparkplug metric names -> platform metric and unit, beyond the built-in "
+        'names, e.g. {"Meter/Total kW": {"metric": "active_power", "unit": "kW"}}',
+    )
+    sparkplug_rebirth_interval_s: float = Field(
+        default=10.0, gt=0, description="At most one rebirth request per edge node this often"
+    )
+
+    @field_validator("sparkplug_groups")
+    @classmethod
+    def _valid_groups(cls, groups: list[str]) -> list[str]:
+        for group in groups:
+            if not group or "/" in group or "#" in group or ("+" in group and group != "+"):
+                raise ValueError(f"{group!r} is not a Sparkplug group id (or '+')")
+        return groups

@@ -1,8 +1,9 @@
-"""Composition root of the stream processor: the Faust app, its topics and its one agent.
+"""Composition root of the stream processor: the Faust app, its topics and its agents.
 
-The agent stays thin: take a batch from the stream, decode it, hand it to the pipeline,
-send what was rejected to the dead-letter topic. A batch's offsets may be committed only
-once it is stored and its dead letters are acknowledged; see the agent for how that holds.
+The agents stay thin: take a batch from the stream, decode it, hand it to the pipeline
+(readings and energy) or the event store (device events), send what was rejected to the
+dead-letter topic. A batch's offsets may be committed only once it is stored and its dead
+letters are acknowledged; see ``_complete`` for how that holds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import logging
 import os
 import tempfile
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,9 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from psycopg_pool import AsyncConnectionPool
 
 from carbonflow.config import DatabaseSettings, KafkaSettings
+from schemas import DeadLetterRecord
 from services.stream import metrics
+from services.stream.events import decode_events, store_events
 from services.stream.pipeline import decode_records, store_batch
 from services.stream.settings import StreamSettings
 
@@ -46,10 +50,25 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
     setup_prometheus_sensors(app, name_prefix="carbonflow_faust")
     readings_topic = app.topic(kafka.readings_topic, key_type=bytes, value_type=bytes)
     deadletter_topic = app.topic(kafka.deadletter_topic, key_type=bytes, value_type=bytes)
+    events_topic = app.topic(kafka.events_topic, key_type=bytes, value_type=bytes)
     pool = AsyncConnectionPool(
         db.conninfo(), min_size=db.pool_min_size, max_size=db.pool_max_size, open=False
     )
     opened = asyncio.Event()
+
+    async def open_pool() -> None:
+        if not opened.is_set():
+            await pool.open(wait=False)  # connections come up in the background
+            opened.set()
+
+    async def dead_letter(rejects: list[DeadLetterRecord]) -> None:
+        for reject in rejects:
+            metrics.DEAD_LETTERS.labels(reject.reason.value).inc()
+            # Wait for Kafka's ack: this batch's offsets may be committed next.
+            sent = await deadletter_topic.send(
+                key=(reject.device_id or "").encode(), value=reject.model_dump_json().encode()
+            )
+            await sent
 
     async def handle(values: list[bytes]) -> None:
         now = datetime.now(UTC)
@@ -64,39 +83,54 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
             metrics.READINGS_STORED.inc(result.new_readings)
             metrics.ENERGY_MINUTES.inc(result.energy_minutes)
             logger.debug("stored %s", result)
-        for reject in rejects:
-            metrics.DEAD_LETTERS.labels(reject.reason.value).inc()
-            # Wait for Kafka's ack: this batch's offsets may be committed next.
-            sent = await deadletter_topic.send(
-                key=(reject.device_id or "").encode(), value=reject.model_dump_json().encode()
-            )
-            await sent
+        await dead_letter(rejects)
+
+    async def handle_events(values: list[bytes]) -> None:
+        now = datetime.now(UTC)
+        metrics.EVENT_RECORDS.inc(len(values))
+        events, rejects = decode_events(values, kafka.events_topic, now)
+        if events:
+            added, refused = await store_events(pool, events, source=kafka.events_topic, now=now)
+            rejects.extend(refused)
+            metrics.EVENTS_STORED.inc(added)
+        await dead_letter(rejects)
 
     @app.agent(readings_topic)
     async def store_readings(stream: Any) -> None:
-        if not opened.is_set():
-            await pool.open(wait=False)  # connections come up in the background
-            opened.set()
+        await open_pool()
         async for values in stream.take(settings.batch_max_events, within=settings.batch_within_s):
-            # Faust acknowledges a taken batch however the loop body is left, even by an
-            # exception, and commits it later. So the body must only ever be left with the
-            # batch stored: shutdown waits for it, and an unexpected error ends the process
-            # before anything can be committed (the batch is then consumed again on restart).
-            handling = asyncio.ensure_future(handle(values))
-            try:
-                await asyncio.shield(handling)
-            except asyncio.CancelledError:
-                await _finish_or_exit(handling, settings.shutdown_grace_s)
-                raise
-            except Exception:
-                logger.exception("storing a batch failed; exiting without committing it")
-                _exit_now()
+            await _complete(handle(values), settings.shutdown_grace_s)
+
+    @app.agent(events_topic)
+    async def store_device_events(stream: Any) -> None:
+        await open_pool()
+        async for values in stream.take(settings.batch_max_events, within=settings.batch_within_s):
+            await _complete(handle_events(values), settings.shutdown_grace_s)
 
     @app.on_before_shutdown.connect
     async def close_pool(_sender: Any, /, *_args: Any, signal: Any, **_kwargs: Any) -> None:
         await pool.close()
 
     return app
+
+
+async def _complete(work: Coroutine[Any, Any, None], grace_s: float) -> None:
+    """Handle one taken batch to its end, or end the process.
+
+    Faust acknowledges a taken batch however the loop body is left, even by an exception,
+    and commits it later. So the body must only ever be left with the batch stored: shutdown
+    waits for it, and an unexpected error ends the process before anything can be committed
+    (the batch is then consumed again on restart).
+    """
+    handling = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(handling)
+    except asyncio.CancelledError:
+        await _finish_or_exit(handling, grace_s)
+        raise
+    except Exception:
+        logger.exception("storing a batch failed; exiting without committing it")
+        _exit_now()
 
 
 async def _finish_or_exit(handling: asyncio.Future[None], grace_s: float) -> None:

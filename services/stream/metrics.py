@@ -14,6 +14,11 @@ ENERGY_MINUTES = Counter(
 DEAD_LETTERS = Counter(
     "carbonflow_stream_dead_letters", "Records sent to the dead-letter topic, by reason", ["reason"]
 )
+EVENT_RECORDS = Counter("carbonflow_stream_event_records", "Device event records taken from Kafka")
+EVENTS_STORED = Counter(
+    "carbonflow_stream_device_events_stored",
+    "Device events newly stored (redeliveries and repeated presence not counted)",
+)
 DB_RETRIES = Counter("carbonflow_stream_db_retries", "Batches retried after a database error")
 BATCH_SECONDS = Histogram(
     "carbonflow_stream_batch_seconds",

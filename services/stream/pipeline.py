@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -17,6 +18,8 @@ from services.stream import metrics, store
 from services.stream.energy import POWER_METRIC, affected_windows, energy_intervals
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ async def process_batch(
 
 
 # Errors that say "this data", not "the database is away": retrying would never succeed.
-_REFUSED = (psycopg.IntegrityError, psycopg.DataError)
+DATA_REFUSED = (psycopg.IntegrityError, psycopg.DataError)
 
 
 async def store_batch(
@@ -92,14 +95,14 @@ async def store_batch(
     """
     try:
         return await _with_retry(pool, records, max_gap_s), []
-    except _REFUSED as exc:
+    except DATA_REFUSED as exc:
         logger.warning("batch refused (%s); storing its %d records one by one", exc, len(records))
     stored = BatchResult(records=0, new_readings=0, energy_minutes=0)
     rejects: list[DeadLetterRecord] = []
     for record in records:
         try:
             result = await _with_retry(pool, [record], max_gap_s)
-        except _REFUSED as exc:
+        except DATA_REFUSED as exc:
             rejects.append(
                 DeadLetterRecord.of(
                     DeadLetterReason.STORAGE_REJECTED,
@@ -122,6 +125,13 @@ async def store_batch(
 async def _with_retry(
     pool: AsyncConnectionPool, records: Sequence[ReadingsRecord], max_gap_s: float
 ) -> BatchResult:
+    return await with_db_retry(pool, lambda conn: process_batch(conn, records, max_gap_s))
+
+
+async def with_db_retry(
+    pool: AsyncConnectionPool, work: Callable[[psycopg.AsyncConnection], Awaitable[T]]
+) -> T:
+    """Run ``work`` on a pooled connection until it succeeds or the data itself is refused."""
     async for attempt in AsyncRetrying(
         # Everything but a refusal of the data itself is waited out (connection lost, failover
         # to a read-only replica, a migration in progress): the batch is never skipped.
@@ -132,13 +142,13 @@ async def _with_retry(
     ):
         with attempt:
             async with pool.connection() as conn:
-                return await process_batch(conn, records, max_gap_s)
+                return await work(conn)
     raise AssertionError("unreachable: AsyncRetrying either returns or raises")
 
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, PoolTimeout) or (
-        isinstance(exc, psycopg.Error) and not isinstance(exc, _REFUSED)
+        isinstance(exc, psycopg.Error) and not isinstance(exc, DATA_REFUSED)
     )
 
 

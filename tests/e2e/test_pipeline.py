@@ -3,7 +3,9 @@ stream worker -> TimescaleDB -> REST API.
 
 The simulator publishes a known set of readings, some batches twice, plus bad messages; the
 test finds exactly the expected rows, energy equal to an independent calculation, every bad
-message in the dead-letter topic with its reason, and the same data through the API.
+message in the dead-letter topic with its reason, and the same data through the API. The
+gateway publishes as itself and ingest runs as the platform service identity; a message for
+a device not registered under the gateway is refused by the broker and never reaches ingest.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import asyncio
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -24,7 +27,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.registry import upsert_layout
 from carbonflow.stack.kafka_admin import ensure_topics
-from carbonflow.supervise import ServiceProcess, free_port, running, wait_for, wait_for_status
+from carbonflow.supervise import (
+    ServiceProcess,
+    free_port,
+    mqtt_env,
+    running,
+    wait_for,
+    wait_for_status,
+)
+from edge.errors import PublishError
 from edge.simulator.factory import FactoryLayout, PowerModel, demo_factory
 from edge.simulator.publisher import Publisher
 from schemas import Reading, TelemetryBatch
@@ -46,6 +57,7 @@ class Known:
     def __init__(self, layout: FactoryLayout, start: datetime) -> None:
         model = PowerModel(layout, seed=SEED)
         self.machines = layout.machines[:N_DEVICES]
+        self.ghost_refusal = ""
         self.samples: dict[str, list[tuple[datetime, float]]] = {}
         self.batches: list[TelemetryBatch] = []
         for machine in self.machines:
@@ -83,16 +95,20 @@ class Known:
 
 
 @pytest.fixture(scope="module")
-def layout(db_settings: DatabaseSettings) -> FactoryLayout:
-    layout = demo_factory()
+def layout(db_settings: DatabaseSettings, run_id: str) -> FactoryLayout:
+    """The demo factory, its gateways renamed for this run (gateway ids are broker-wide)."""
+    demo = demo_factory()
+    machines = tuple(replace(m, gateway_id=f"e2e{run_id}-{m.gateway_id}") for m in demo.machines)
+    layout = replace(demo, machines=machines)
     with psycopg.connect(db_settings.conninfo()) as conn:
         upsert_layout(conn, layout)
     return layout
 
 
 @pytest.fixture(scope="module")
-def settings(run_id: str) -> tuple[MqttSettings, KafkaSettings]:
-    mqtt_settings = MqttSettings(topic_root=f"cf-e2e-{run_id}/v1")
+def settings(mqtt_settings: MqttSettings, run_id: str) -> tuple[MqttSettings, KafkaSettings]:
+    """The platform service identity on this run's topic root, and this run's topics."""
+    mqtt_settings = mqtt_settings.model_copy(update={"topic_root": f"cf-e2e-{run_id}/v1"})
     kafka = KafkaSettings(
         readings_topic=f"carbonflow.e2e-{run_id}.readings",
         deadletter_topic=f"carbonflow.e2e-{run_id}.deadletter",
@@ -114,8 +130,8 @@ def services(
     log_dir = tmp_path_factory.mktemp("e2e-logs")
     api_port, ingest_metrics_port, stream_web_port = free_port(), free_port(), free_port()
     env = {
+        **mqtt_env(mqtt_settings),
         "CARBONFLOW_DB_NAME": db_settings.name,
-        "CARBONFLOW_MQTT_TOPIC_ROOT": mqtt_settings.topic_root,
         "CARBONFLOW_KAFKA_READINGS_TOPIC": kafka.readings_topic,
         "CARBONFLOW_KAFKA_DEADLETTER_TOPIC": kafka.deadletter_topic,
         "CARBONFLOW_KAFKA_PARTITIONS": str(kafka.partitions),
@@ -154,12 +170,19 @@ def _ready(base: str) -> bool | None:
 
 @pytest.fixture(scope="module")
 def published(
-    services: dict[str, object], settings: tuple[MqttSettings, KafkaSettings], layout: FactoryLayout
+    services: dict[str, object],
+    settings: tuple[MqttSettings, KafkaSettings],
+    layout: FactoryLayout,
+    edge_mqtt_settings: Callable[[str], MqttSettings],
+    run_id: str,
 ) -> Known:
-    mqtt_settings, _ = settings
     start = (datetime.now(UTC) - timedelta(minutes=40)).replace(second=0, microsecond=0)
     known = Known(layout, start + timedelta(seconds=3))
     machine = known.machines[0]
+    assert {m.gateway_id for m in known.machines} == {machine.gateway_id}
+    mqtt_settings = edge_mqtt_settings(machine.gateway_id).model_copy(
+        update={"topic_root": settings[0].topic_root}
+    )
     topic = mqtt_settings.telemetry_topic(machine.gateway_id, machine.device_id)
     mixed = json.loads(known.batches[0].model_dump_json())
     mixed["seq"] = 1000
@@ -170,16 +193,22 @@ def published(
     mixed_payload = json.dumps(mixed).replace('"NaN"', "NaN").encode()
     ghost = known.batches[0].model_copy(update={"device_id": "ghost-device-1"})
     half = len(known.batches) // 2
-    with Publisher(mqtt_settings, client_id=f"e2e-sim-{SEED}") as publisher:
+    with Publisher(mqtt_settings, client_id=f"e2e-sim-{run_id}") as publisher:
         # Bad input first and in the middle: the services must go on and lose nothing after it.
         publisher.publish_raw(topic, b'{"gateway_id": "gw", "readings": [')
         for batch in known.batches[:half]:
             publisher.publish_batch(batch)
         publisher.publish_raw(topic, mixed_payload)
-        publisher.publish_raw(
-            mqtt_settings.telemetry_topic(machine.gateway_id, "ghost-device-1"),
-            ghost.model_dump_json().encode(),
-        )
+        # A device the gateway has no right to: the broker refuses it (on its own connection,
+        # as a refusal fails the publisher that met it).
+        with Publisher(mqtt_settings, client_id=f"e2e-ghost-{run_id}") as ghost_publisher:
+            ghost_publisher.publish_raw(
+                mqtt_settings.telemetry_topic(machine.gateway_id, "ghost-device-1"),
+                ghost.model_dump_json().encode(),
+            )
+            with pytest.raises(PublishError) as refusal:
+                ghost_publisher.flush(timeout=30)
+            known.ghost_refusal = str(refusal.value)
         for batch in known.batches[half:]:
             publisher.publish_batch(batch)
         for batch in known.batches[::5]:  # at-least-once upstream: send some batches again
@@ -250,6 +279,12 @@ def test_energy_matches_an_independent_calculation(
         assert sum(k for k, _, _ in energy.values()) > 0
 
 
+def test_the_broker_refuses_a_device_not_registered_under_the_gateway(
+    published: Known,
+) -> None:
+    assert "Not authorized" in published.ghost_refusal
+
+
 def test_bad_messages_land_in_the_dead_letter_topic_with_reasons(
     published: Known, settings: tuple[MqttSettings, KafkaSettings]
 ) -> None:
@@ -266,7 +301,7 @@ def test_bad_messages_land_in_the_dead_letter_topic_with_reasons(
         records: list[dict[str, object]] = []
         try:
             async with asyncio.timeout(60):
-                while len(records) < 3:
+                while len(records) < 2:
                     batch = await consumer.getmany(timeout_ms=1000)
                     for messages in batch.values():
                         records.extend(json.loads(m.value) for m in messages)
@@ -276,7 +311,7 @@ def test_bad_messages_land_in_the_dead_letter_topic_with_reasons(
 
     records = asyncio.run(consume())
     reasons = Counter(str(r["reason"]) for r in records)
-    assert reasons == Counter({"malformed_json": 1, "non_finite_value": 1, "unknown_device": 1})
+    assert reasons == Counter({"malformed_json": 1, "non_finite_value": 1})
     nan_reject = next(r for r in records if r["reason"] == "non_finite_value")
     assert nan_reject["reading_index"] == 1
     assert nan_reject["device_id"] == published.machines[0].device_id
@@ -339,10 +374,12 @@ def test_metrics_count_what_happened(
     published: Known, stored: list[tuple[str, datetime, float]], services: dict[str, object]
 ) -> None:
     ingest = scrape(str(services["ingest_metrics"]))
-    sent = len(published.batches) + len(published.batches[::5]) + 3
+    sent = len(published.batches) + len(published.batches[::5]) + 2
     assert ingest[("carbonflow_ingest_messages_total", ())] == sent
-    for reason in ("malformed_json", "non_finite_value", "unknown_device"):
+    for reason in ("malformed_json", "non_finite_value"):
         assert ingest[("carbonflow_ingest_dead_letters_total", (("reason", reason),))] == 1
+    unknown = ("carbonflow_ingest_dead_letters_total", (("reason", "unknown_device"),))
+    assert ingest.get(unknown, 0.0) == 0.0
     forwarded = sum(len(b.readings) for b in published.batches + published.batches[::5]) + 1
     assert ingest[("carbonflow_ingest_readings_forwarded_total", ())] == forwarded
 

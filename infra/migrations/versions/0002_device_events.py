@@ -29,6 +29,10 @@ def upgrade() -> None:
     );
     SELECT create_hypertable('device_events', 'ts', chunk_time_interval => interval '30 days');
     CREATE INDEX device_events_source_idx ON device_events (source_kind, source_id, ts DESC);
+    -- The last recorded presence of a source: a new online/offline is stored only if it
+    -- changes that state or its session (details->>'session').
+    CREATE INDEX device_events_presence_idx ON device_events (source_kind, source_id, recorded_at DESC)
+        WHERE event IN ('online', 'offline');
     """)
 
 
