@@ -8,11 +8,10 @@ from datetime import datetime
 from functools import partial
 
 from psycopg_pool import AsyncConnectionPool
-from pydantic import ValidationError
 
 from schemas import DeadLetterReason, DeadLetterRecord, DeviceEvent
 from services.stream.event_store import insert_events
-from services.stream.pipeline import DATA_REFUSED, with_db_retry
+from services.stream.pipeline import DATA_REFUSED, decode_values, with_db_retry
 
 logger = logging.getLogger(__name__)
 
@@ -20,24 +19,7 @@ logger = logging.getLogger(__name__)
 def decode_events(
     payloads: Sequence[bytes], source: str, now: datetime
 ) -> tuple[list[DeviceEvent], list[DeadLetterRecord]]:
-    """Parse Kafka values; anything undecodable becomes a dead letter instead of a crash."""
-    events: list[DeviceEvent] = []
-    rejects: list[DeadLetterRecord] = []
-    for payload in payloads:
-        try:
-            events.append(DeviceEvent.model_validate_json(payload))
-        except ValidationError as exc:
-            detail = f"not a device event v1: {exc.errors()[0]['msg']}"
-            rejects.append(
-                DeadLetterRecord.of(
-                    DeadLetterReason.SCHEMA_VIOLATION,
-                    detail,
-                    source=source,
-                    received_at=now,
-                    payload=payload,
-                )
-            )
-    return events, rejects
+    return decode_values(DeviceEvent, "device event v1", payloads, source, now)
 
 
 async def store_events(

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
 from schemas import DeadLetterReason, DeadLetterRecord, ReadingsRecord
@@ -29,26 +29,36 @@ class BatchResult:
     energy_minutes: int
 
 
-def decode_records(
-    payloads: Sequence[bytes], source: str, now: datetime
-) -> tuple[list[ReadingsRecord], list[DeadLetterRecord]]:
-    """Parse Kafka values; anything undecodable becomes a dead letter instead of a crash."""
-    records: list[ReadingsRecord] = []
+M = TypeVar("M", bound=BaseModel)
+
+
+def decode_values(
+    model: type[M], what: str, payloads: Sequence[bytes], source: str, now: datetime
+) -> tuple[list[M], list[DeadLetterRecord]]:
+    """Parse Kafka values as ``model``; anything undecodable becomes a dead letter naming
+    ``what`` it should have been, instead of a crash."""
+    decoded: list[M] = []
     rejects: list[DeadLetterRecord] = []
     for payload in payloads:
         try:
-            records.append(ReadingsRecord.model_validate_json(payload))
+            decoded.append(model.model_validate_json(payload))
         except ValidationError as exc:
             rejects.append(
                 DeadLetterRecord.of(
                     DeadLetterReason.SCHEMA_VIOLATION,
-                    f"not a readings record v1: {exc.errors()[0]['msg']}",
+                    f"not a {what}: {exc.errors()[0]['msg']}",
                     source=source,
                     received_at=now,
                     payload=payload,
                 )
             )
-    return records, rejects
+    return decoded, rejects
+
+
+def decode_records(
+    payloads: Sequence[bytes], source: str, now: datetime
+) -> tuple[list[ReadingsRecord], list[DeadLetterRecord]]:
+    return decode_values(ReadingsRecord, "readings record v1", payloads, source, now)
 
 
 async def process_batch(
