@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from carbonflow.config import MqttSettings
 from edge.adapters.base import MeterAdapter
 from edge.buffer import BatchBuffer, OverflowPolicy
-from edge.config import DeviceConfig, GatewayConfig, load_config
+from edge.config import BackoffSettings, DeviceConfig, GatewayConfig, load_config
 from edge.gateway.announcer import DeviceAnnouncer
 from edge.gateway.devices import (
     AdapterFactory,
@@ -78,6 +78,9 @@ class _LinkEvents:
 
     def acknowledged(self, mid: int, error: str | None) -> None:
         self._forwarder.acknowledged(mid, error)
+
+    def unrouted(self, mid: int) -> None:
+        self._forwarder.unrouted(mid)
 
 
 class Gateway:
@@ -213,6 +216,10 @@ class Gateway:
             max_batch_readings=config.publish.max_batch_readings,
             max_inflight=settings.max_inflight,
             rejected_retry_s=settings.rejected_retry_s,
+            unrouted_retry=BackoffSettings(
+                initial_s=settings.unrouted_retry_initial_s,
+                max_s=settings.unrouted_retry_max_s,
+            ),
             metrics=metrics,
             clock=self._clock,
         )

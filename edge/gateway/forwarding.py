@@ -12,6 +12,14 @@ the entries, and nothing more of that device is published for ``rejected_retry_s
 brokers (Mosquitto 2.0) also drop the connection after a refusal, so retrying at once would
 keep cutting off every other meter's data. The operator sees the error in the log and in
 ``carbonflow_gateway_publish_rejected_total``.
+
+A PUBACK with reason 0x10 "No matching subscribers" is no delivery either: the broker took
+the batch and dropped it, as nobody subscribed (Mosquitto 2.0 does not restore a persistent
+session's shared subscription after a restart, so until ingest subscribes again its
+telemetry reaches no one). The entries stay; the device's batches wait a short, growing
+while (``UnroutedHolds``) and go out again, other devices' meanwhile go on. Counted in
+``carbonflow_gateway_publish_unrouted_total``; logged once when it starts and once when
+batches are delivered again.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from pydantic import ValidationError
 
 from carbonflow.config import MqttSettings
 from edge.buffer import BatchBuffer, BufferedBatch, BufferStats, BufferStorageError
+from edge.config import BackoffSettings
 from edge.errors import PublishError
 from edge.gateway.batching import (
     SequenceNumbers,
@@ -38,6 +47,7 @@ from edge.gateway.batching import (
 )
 from edge.gateway.link import MqttLink
 from edge.gateway.metrics import GatewayMetrics
+from edge.gateway.unrouted import UnroutedHolds
 from schemas.telemetry import TelemetryBatch
 
 logger = logging.getLogger(__name__)
@@ -60,6 +70,7 @@ class _Round:
 
     published: int
     waiting: int
+    held: int
     wait_s: float
 
 
@@ -75,6 +86,7 @@ class Forwarder:
         max_batch_readings: int,
         max_inflight: int,
         rejected_retry_s: float,
+        unrouted_retry: BackoffSettings,
         metrics: GatewayMetrics,
         clock: Callable[[], datetime],
         monotonic: Callable[[], float] = time.monotonic,
@@ -95,6 +107,7 @@ class Forwarder:
         # Entries acknowledged but not yet deleted; devices refused by the broker (until when).
         self._acking: set[int] = set()
         self._refused: dict[tuple[str, str], float] = {}
+        self._unrouted = UnroutedHolds(unrouted_retry)
         # Parsed payloads, by entry id: entries never change, so each is parsed once.
         self._parsed: dict[int, TelemetryBatch | None] = {}
         self._wake = asyncio.Event()
@@ -126,11 +139,40 @@ class Forwarder:
                 self._rejected_retry_s,
             )
         else:
+            self._end_unrouted_episode(flight.device)
             self._acking.update(flight.entry_ids)
             task = asyncio.create_task(self._release(flight))
             self._ack_tasks.add(task)
             task.add_done_callback(self._ack_tasks.discard)
         self._wake.set()
+
+    def unrouted(self, mid: int) -> None:
+        flight = self._inflight.pop(mid, None)
+        if flight is None:
+            return  # a status message (retained, so kept by the broker all the same)
+        now = self._monotonic()
+        self._metrics.inflight_batches.set(len(self._inflight))
+        self._metrics.publish_unrouted.inc()
+        starts = not self._unrouted.active
+        hold_s = self._unrouted.unrouted(flight.device, published_at=flight.published_at, now=now)
+        if starts:
+            logger.warning(
+                "the broker has no subscriber for telemetry of %s (No matching subscribers);"
+                " keeping the readings buffered, next try in %.1f s",
+                flight.device[1],
+                hold_s,
+            )
+        else:
+            logger.debug("no subscriber for %s yet; next try in %.1f s", flight.device[1], hold_s)
+        self._wake.set()
+
+    def _end_unrouted_episode(self, device: tuple[str, str]) -> None:
+        unrouted = self._unrouted.delivered(device)
+        if unrouted:
+            logger.info(
+                "telemetry reaches a subscriber again, after %d batches that reached none",
+                unrouted,
+            )
 
     # -- running ------------------------------------------------------------------------------
 
@@ -160,7 +202,7 @@ class Forwarder:
             self._wake.clear()
             round_ = await self._publish_ready(drain=True)
             if self._link.connected and not (
-                self._inflight or self._acking or round_.published or round_.waiting
+                self._inflight or self._acking or round_.published or round_.waiting or round_.held
             ):
                 break
             # Not connected (yet, or again): paho reconnects and resends what is in flight.
@@ -176,17 +218,22 @@ class Forwarder:
         idle_s = self._batch_interval.total_seconds()
         if not self._link.connected or len(self._inflight) >= self._max_inflight:
             # A PUBACK or the next connect wakes the loop again.
-            return _Round(published=0, waiting=0, wait_s=idle_s)
+            return _Round(published=0, waiting=0, held=0, wait_s=idle_s)
         busy = self._busy()
         entries = await asyncio.to_thread(self._buffer.pending, len(busy) + _WINDOW)
         self._forget_parsed(entries)
         refused_until = self._refusals(keep_expired=drain)
+        unrouted_until = self._unrouted.held(self._monotonic())
+        candidates = [entry for entry in entries if entry.entry_id not in busy]
         stored = [
             self._stored(entry)
-            for entry in entries
-            if entry.entry_id not in busy
-            and (entry.gateway_id, entry.device_id) not in refused_until
+            for entry in candidates
+            if (entry.gateway_id, entry.device_id) not in refused_until
+            and (entry.gateway_id, entry.device_id) not in unrouted_until
         ]
+        held = sum(
+            1 for entry in candidates if (entry.gateway_id, entry.device_id) in unrouted_until
+        )
         now = self._clock()
         plan = plan_wire_batches(
             stored,
@@ -202,9 +249,11 @@ class Forwarder:
         if plan.next_due is not None and len(plan.ready) <= slots:
             waits.append((plan.next_due - now).total_seconds())
         waits.extend(until - self._monotonic() for until in refused_until.values())
+        waits.extend(until - self._monotonic() for until in unrouted_until.values())
         return _Round(
             published=published,
             waiting=len(plan.ready) - published,
+            held=held,
             wait_s=max(0.0, min(waits)),
         )
 

@@ -31,6 +31,8 @@ from edge.gateway.presence import GatewayPresence, StatusMessage
 logger = logging.getLogger(__name__)
 
 QOS: Final = 1
+# PUBACK reason 0x10: accepted, but no subscription matched, so nobody will ever get it.
+NO_MATCHING_SUBSCRIBERS: Final = 0x10
 # Room in paho's in-flight window for status messages next to the forwarder's batches.
 _STATUS_HEADROOM: Final = 10
 
@@ -44,6 +46,10 @@ class LinkListener(Protocol):
 
     def acknowledged(self, mid: int, error: str | None) -> None:
         """The broker answered message ``mid``; ``error`` is its reason if it refused it."""
+        ...
+
+    def unrouted(self, mid: int) -> None:
+        """The broker took message ``mid`` but had no subscriber for it, so it dropped it."""
         ...
 
 
@@ -205,6 +211,10 @@ class MqttLink:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        # paho counts 0x10 as success (it is below 0x80), yet the message reached no one.
+        if reason_code.value == NO_MATCHING_SUBSCRIBERS:
+            self._notify(lambda listener: listener.unrouted(mid))
+            return
         error = str(reason_code) if reason_code.is_failure else None
         self._notify(lambda listener: listener.acknowledged(mid, error))
 

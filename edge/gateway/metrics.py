@@ -72,6 +72,11 @@ class GatewayMetrics:
             "Batches the broker answered with an error reason code; kept and retried",
             registry=r,
         )
+        self.publish_unrouted = Counter(
+            "carbonflow_gateway_publish_unrouted",
+            "Batches the broker acknowledged with 'No matching subscribers'; kept and retried",
+            registry=r,
+        )
         self.publish_latency = Histogram(
             "carbonflow_gateway_publish_latency_seconds",
             "From publishing a wire batch to the broker's PUBACK",

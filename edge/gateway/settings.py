@@ -7,7 +7,9 @@ clean shutdown may take, and the seed of simulated meters.
 
 from __future__ import annotations
 
-from pydantic import AwareDatetime, Field
+from typing import Self
+
+from pydantic import AwareDatetime, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +26,16 @@ class GatewaySettings(BaseSettings):
     rejected_retry_s: float = Field(
         default=30.0, gt=0, description="Wait before publishing a batch the broker refused again"
     )
+    unrouted_retry_initial_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="First wait before publishing again a batch that reached no subscriber",
+    )
+    unrouted_retry_max_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait between tries of a batch that reached no subscriber",
+    )
     shutdown_timeout_s: float = Field(
         default=10.0, gt=0, description="How long a clean stop may spend publishing the buffer"
     )
@@ -34,3 +46,9 @@ class GatewaySettings(BaseSettings):
         default=None,
         description="When simulated energy registers started counting; default: first read",
     )
+
+    @model_validator(mode="after")
+    def _unrouted_retry_in_order(self) -> Self:
+        if self.unrouted_retry_initial_s > self.unrouted_retry_max_s:
+            raise ValueError("unrouted_retry_initial_s must be at most unrouted_retry_max_s")
+        return self

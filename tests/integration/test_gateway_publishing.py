@@ -39,6 +39,7 @@ from edge.buffer import BatchBuffer, OverflowPolicy
 from edge.config import DeviceConfig, GatewayConfig, SimulatedDevice
 from edge.gateway.app import Gateway
 from edge.gateway.devices import SimulationSettings, adapter_factory
+from edge.gateway.link import NO_MATCHING_SUBSCRIBERS
 from edge.gateway.settings import GatewaySettings
 from schemas.presence import DeviceStatus, GatewayStatus, PresenceState
 from schemas.telemetry import Reading, TelemetryBatch
@@ -185,11 +186,19 @@ class RunningGateway:
 class Subscriber:
     """Collects telemetry and presence under a topic root, at QoS 1."""
 
-    def __init__(self, settings: MqttSettings, client_id: str, *, persistent: bool = False):
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        persistent: bool = False,
+        share: str | None = None,
+    ):
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._subscribed = threading.Event()
         self._settings = settings
         self._persistent = persistent
+        self._share = share
         self._client = new_client(
             settings, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
@@ -216,7 +225,10 @@ class Subscriber:
         self._client.loop_stop()
 
     def _on_connect(self, client: mqtt_client.Client, *args: Any) -> None:
-        filters = [self._settings.telemetry_filter, *self._settings.presence_filters]
+        telemetry = self._settings.telemetry_filter
+        if self._share is not None:
+            telemetry = f"$share/{self._share}/{telemetry}"
+        filters = [telemetry, *self._settings.presence_filters]
         client.subscribe([(topic_filter, 1) for topic_filter in filters])
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt_client.MQTTMessage) -> None:
@@ -500,3 +512,156 @@ def test_readings_wait_on_disk_while_the_broker_is_away_and_leave_only_on_puback
     assert Counter(k for b in left for k in keys(b.readings, ghost)) == Counter(
         keys(taken[ghost], ghost)
     )
+
+
+# --- what the broker answers when nobody subscribes --------------------------------------
+
+
+class PubackProbe:
+    """A raw MQTT v5 publisher that records the reason code of each PUBACK."""
+
+    def __init__(self, settings: MqttSettings, client_id: str) -> None:
+        self.reasons: queue.Queue[int] = queue.Queue()
+        self._settings = settings
+        self._client = new_client(
+            settings, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+        )
+        self._client.on_publish = lambda _c, _u, _mid, reason, _p: self.reasons.put(reason.value)
+
+    def __enter__(self) -> PubackProbe:
+        self._client.connect(self._settings.host, self._settings.port)
+        self._client.loop_start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def reason_for(self, topic: str) -> int:
+        """Publish at QoS 1 and return the PUBACK's reason code."""
+        self._client.publish(topic, b"{}", qos=1)
+        return self.reasons.get(timeout=10)
+
+
+def test_broker_answers_no_matching_subscribers_unless_a_shared_subscription_is_live(
+    stack: Stack,
+    db_settings: DatabaseSettings,
+    mqtt_settings: MqttSettings,
+    edge_mqtt_settings: Callable[[str], MqttSettings],
+    run_id: str,
+    tmp_path: Path,
+    broker_dir: Path,
+) -> None:
+    """What the gateway relies on: PUBACK 0x10 whenever a batch reaches nobody, including
+    after a restart that lost a persistent session's shared subscription; 0 while one is live."""
+    gateway_id = f"gw-probe-{run_id}"
+    topic_root = f"cf-gwp-{run_id}/v1"
+    port = free_port()
+    meter = f"probe-{run_id}"
+    config = gateway_config(gateway_id, topic_root, port, tmp_path / "b.sqlite", [device(meter)])
+    register(db_settings, config, [meter])
+    publisher = edge_mqtt_settings(gateway_id).model_copy(
+        update={"port": port, "topic_root": topic_root}
+    )
+    observer = mqtt_settings.model_copy(update={"port": port, "topic_root": topic_root})
+    topic = publisher.telemetry_topic(gateway_id, meter)
+    broker = stack.standalone_broker(broker_dir, port=port, tls_port=free_port())
+    start(broker)
+    try:
+        with PubackProbe(publisher, gateway_id) as probe:
+            assert probe.reason_for(topic) == NO_MATCHING_SUBSCRIBERS
+        # A persistent session with a shared subscription, as ingest keeps one.
+        with (
+            Subscriber(observer, f"gwp-ingest-{run_id}", persistent=True, share="probe"),
+            PubackProbe(publisher, gateway_id) as probe,
+        ):
+            assert probe.reason_for(topic) == 0
+        broker.stop()
+        start(broker)
+        # The session is back, its shared subscription is not: the broker says so.
+        with PubackProbe(publisher, gateway_id) as probe:
+            assert probe.reason_for(topic) == NO_MATCHING_SUBSCRIBERS
+    finally:
+        broker.stop()
+
+
+def test_readings_that_reach_no_subscriber_stay_buffered_until_a_shared_subscriber_appears(
+    stack: Stack,
+    db_settings: DatabaseSettings,
+    mqtt_settings: MqttSettings,
+    edge_mqtt_settings: Callable[[str], MqttSettings],
+    run_id: str,
+    tmp_path: Path,
+) -> None:
+    gateway_id = f"gw-unr-{run_id}"
+    topic_root = f"cf-gwu-{run_id}/v1"
+    meters = [f"saw-{run_id}", f"kiln-{run_id}"]
+    config = gateway_config(
+        gateway_id,
+        topic_root,
+        mqtt_settings.port,
+        tmp_path / "buffer.sqlite",
+        [device(meters[0]), device(meters[1], "curing_oven")],
+    )
+    register(db_settings, config, meters)
+    identity = edge_mqtt_settings(gateway_id)
+    taken: dict[str, list[Reading]] = {}
+    gateway = Gateway(
+        config,
+        GatewaySettings(
+            metrics_port=0,
+            shutdown_timeout_s=10,
+            unrouted_retry_initial_s=0.2,
+            unrouted_retry_max_s=1.0,
+        ),
+        password=identity.password,
+        adapters=remembering_factory(config, taken, {}),
+    )
+    observer = mqtt_settings.model_copy(update={"topic_root": topic_root})
+
+    running = RunningGateway(gateway)
+    try:
+        # Connected and publishing, but nobody subscribes: every PUBACK says so.
+        wait_for(
+            lambda: (
+                True
+                if running.metric("carbonflow_gateway_publish_unrouted_total") >= 6
+                and running.metric("carbonflow_gateway_pending_batches") >= 10
+                else None
+            ),
+            timeout_s=30,
+            what="batches answered 'No matching subscribers' piling up in the buffer",
+        )
+        assert running.metric("carbonflow_gateway_broker_connected") == 1
+        assert running.metric("carbonflow_gateway_readings_acknowledged_total") == 0
+        assert running.metric("carbonflow_gateway_publish_rejected_total") == 0
+        # Every batch published so far came back unrouted, and is still on disk.
+        polled = sum(len(taken[d]) for d in meters)
+        unrouted = running.metric("carbonflow_gateway_publish_unrouted_total")
+        assert running.metric("carbonflow_gateway_batches_published_total") == unrouted
+        with Subscriber(observer, f"gwu-ingest-{run_id}", share="ingest") as subscriber:
+            wait_for(
+                lambda: (
+                    True
+                    if running.metric("carbonflow_gateway_readings_acknowledged_total") >= polled
+                    else None
+                ),
+                timeout_s=30,
+                what="the held-back readings acknowledged",
+            )
+            running.stop()
+            expected = Counter(k for d in meters for k in keys(taken[d], d))
+            messages: list[tuple[str, bytes, bool]] = []
+
+            def all_arrived() -> bool | None:
+                messages.extend(subscriber.drain())
+                got = received_keys(telemetry(messages))
+                return True if all(got[k] for k in expected) else None
+
+            wait_for(all_arrived, timeout_s=20, what="every reading at the subscriber")
+    finally:
+        running.stop()
+
+    assert polled >= 10
+    assert received_keys(telemetry(messages)) == expected  # each exactly once
+    assert buffered(config.buffer.path) == []
