@@ -15,7 +15,11 @@ import json
 import logging
 import signal
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
@@ -70,10 +74,11 @@ class IngestBridge:
         )
         self._status_topic = mqtt_settings.service_status_topic("ingest", settings.client_id)
         self._router = _router(mqtt_settings, settings, self._policy)
+        self._unsubscribed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
+        inbox = Inbox(loop)
         producer = AIOKafkaProducer(
             bootstrap_servers=self._kafka.bootstrap_servers,
             acks="all",
@@ -88,7 +93,10 @@ class IngestBridge:
             raise ServiceUnavailableError(
                 f"Kafka at {self._kafka.bootstrap_servers}: {exc}"
             ) from exc
-        client = self._mqtt_client(lambda msg: loop.call_soon_threadsafe(inbox.put_nowait, msg))
+        client = self._mqtt_client(
+            inbox.put, lambda: loop.call_soon_threadsafe(self._unsubscribed.set)
+        )
+        end_session = False
         try:
             await self._devices.refresh()
             await asyncio.to_thread(self._connect, client)
@@ -100,17 +108,72 @@ class IngestBridge:
                 self._mqtt.port,
                 self._kafka.readings_topic,
             )
-            while not stop.is_set():
-                batch = await _next_batch(inbox, stop, self._settings.batch_max_messages)
-                if batch:
-                    await self._forward(producer, client, batch, stop)
+            in_flight: asyncio.Queue[InFlight | None] = asyncio.Queue(
+                maxsize=self._settings.batches_in_flight
+            )
+            acker = asyncio.ensure_future(self._acknowledge(producer, client, in_flight, stop))
+            interrupt = asyncio.ensure_future(_interrupt_on(stop, inbox))
+            try:
+                while not stop.is_set():
+                    batch = await inbox.take(self._settings.batch_max_messages)
+                    if batch:
+                        await _put(in_flight, await self._send(producer, batch), acker)
+                drained = False
+                if self._settings.retire_on_stop:
+                    drained = await self._retire(client, producer, inbox, in_flight, acker)
+                await _put(in_flight, None, acker)
+                all_acknowledged = await acker
+                end_session = drained and all_acknowledged
+            finally:
+                interrupt.cancel()
+                acker.cancel()
         finally:
             client.publish(self._status_topic, _status_payload("offline"), qos=1, retain=True)
-            client.disconnect()
+            if end_session:
+                logger.info("retired: ending the MQTT session, the broker forgets this instance")
+            client.disconnect(properties=_session_expiry(0) if end_session else None)
             client.loop_stop()
             await producer.stop()
 
-    def _mqtt_client(self, deliver: object) -> mqtt.Client:
+    async def _retire(
+        self,
+        client: mqtt.Client,
+        producer: AIOKafkaProducer,
+        inbox: Inbox,
+        in_flight: asyncio.Queue[InFlight | None],
+        acker: asyncio.Future[bool],
+    ) -> bool:
+        """Leave the shared subscriptions and forward what still comes until it stops coming.
+
+        True when drained: the session can end without losing anything. False (draining
+        took too long) keeps the session, so what is in it waits for this client id.
+        """
+        shared = [topic for topic in self._subscriptions() if topic.startswith("$share/")]
+        logger.info("retiring: leaving %s", ", ".join(shared))
+        result, _mid = client.unsubscribe(shared)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            logger.warning("retiring: could not unsubscribe (%s); keeping the session", result)
+            return False
+        settings = self._settings
+        deadline = time.monotonic() + settings.retire_timeout_s
+        unsubscribed = False
+        while time.monotonic() < deadline:
+            unsubscribed = unsubscribed or self._unsubscribed.is_set()
+            batch = await inbox.take(settings.batch_max_messages, timeout_s=settings.retire_quiet_s)
+            if batch:
+                await _put(in_flight, await self._send(producer, batch), acker)
+            elif unsubscribed:
+                # The broker confirmed the unsubscribe, and nothing came for the quiet period:
+                # what it had queued for us has arrived.
+                return True
+        logger.warning(
+            "retiring: messages kept coming for %ss; keeping the session", settings.retire_timeout_s
+        )
+        return False
+
+    def _mqtt_client(
+        self, deliver: Callable[[mqtt.MQTTMessage], None], unsubscribed: Callable[[], object]
+    ) -> mqtt.Client:
         client = new_client(self._mqtt, client_id=self._settings.client_id, manual_ack=True)
         subscriptions = self._subscriptions()
         # Presence: retained "online" once subscribed, "offline" by last will or on shutdown.
@@ -132,11 +195,17 @@ class IngestBridge:
             client.publish(self._status_topic, _status_payload("online"), qos=1, retain=True)
 
         def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
-            deliver(message)  # type: ignore[operator]
+            deliver(message)
+
+        def on_unsubscribe(
+            _c: mqtt.Client, _u: object, _mid: int, _codes: object, _p: object
+        ) -> None:
+            unsubscribed()
 
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
         client.on_message = on_message
+        client.on_unsubscribe = on_unsubscribe
         return client
 
     def _subscriptions(self) -> list[str]:
@@ -172,27 +241,26 @@ class IngestBridge:
                 f"MQTT at {self._mqtt.host}:{self._mqtt.port}: {exc}"
             ) from exc
 
-    async def _forward(
-        self,
-        producer: AIOKafkaProducer,
-        client: mqtt.Client,
-        batch: list[mqtt.MQTTMessage],
-        stop: asyncio.Event,
-    ) -> None:
+    async def _send(self, producer: AIOKafkaProducer, batch: list[mqtt.MQTTMessage]) -> InFlight:
+        """Route a batch and hand everything made of it to the Kafka producer."""
         received_at = datetime.now(UTC)
         wanted = {device for msg in batch if (device := self._router.device_of(msg.topic))}
         await self._devices.refresh_if_stale(wanted=wanted)
         started = time.perf_counter()
+        tally = metrics.BatchTally()
         sends: list[tuple[str, bytes, bytes]] = []
         commands: list[tuple[str, bytes]] = []
+        readings_topic = self._kafka.readings_topic
         for msg in batch:
             routed = self._router.route(
                 msg.topic, bytes(msg.payload), received_at=received_at, known_devices=self._devices
             )
-            _count(routed)
+            _count(routed, tally)
+            prebuilt = routed.first_record_json
             for record in routed.records:
-                key = record.device_id.encode()
-                sends.append((self._kafka.readings_topic, key, record.model_dump_json().encode()))
+                value = prebuilt if prebuilt is not None else record.model_dump_json().encode()
+                prebuilt = None
+                sends.append((readings_topic, record.device_id.encode(), value))
             for reject in routed.rejects:
                 logger.info("dead letter %s: %s (%s)", reject.reason, reject.detail, msg.topic)
                 key = (reject.device_id or "").encode()
@@ -204,10 +272,65 @@ class IngestBridge:
                 key = event.source_id.encode()
                 sends.append((self._kafka.events_topic, key, event.model_dump_json().encode()))
             commands.extend(routed.commands)
+        tally.flush()
+        sent = InFlight(batch, sends, commands, started)
+        try:
+            sent.acks = [await producer.send(t, key=k, value=v) for t, k, v in sends]
+        except KafkaError as exc:
+            # Settled (retried or given up) in order, like a send whose acknowledgement failed.
+            sent.error = exc
+        return sent
+
+    async def _acknowledge(
+        self,
+        producer: AIOKafkaProducer,
+        client: mqtt.Client,
+        in_flight: asyncio.Queue[InFlight | None],
+        stop: asyncio.Event,
+    ) -> bool:
+        """PUBACK each batch, in the order the batches came, once Kafka has all of it.
+
+        MQTT requires PUBACKs in the order the PUBLISHes arrived. Returns whether every
+        batch was acknowledged (False: some were left for the broker to deliver again).
+        """
+        while (sent := await in_flight.get()) is not None:
+            if not await self._settle(producer, sent, stop):
+                logger.warning(
+                    "stopping: %d messages left unacknowledged for redelivery", len(sent.batch)
+                )
+                # Nothing after an unacknowledged message may be acknowledged either.
+                while await in_flight.get() is not None:
+                    pass
+                return False
+            for msg in sent.batch:
+                if msg.qos > 0:
+                    client.ack(msg.mid, msg.qos)
+            metrics.FORWARD_SECONDS.observe(time.perf_counter() - sent.started)
+            for topic, payload in sent.commands:
+                # Sparkplug: host commands (NCMD) go at QoS 0 and are never retained.
+                logger.info("asking for a Sparkplug rebirth on %s", topic)
+                client.publish(topic, payload, qos=0, retain=False)
+                metrics.SPARKPLUG_REBIRTH_REQUESTS.inc()
+        return True
+
+    async def _settle(
+        self, producer: AIOKafkaProducer, sent: InFlight, stop: asyncio.Event
+    ) -> bool:
+        """Wait for Kafka to acknowledge a batch, sending it again after retriable errors."""
+        error = sent.error
+        if error is None:
+            try:
+                await asyncio.gather(*sent.acks)
+                return True
+            except KafkaError as exc:
+                error = exc
+        if not error.retriable:
+            # A bug or a misconfiguration: stop with the messages unacknowledged.
+            raise error
+        _log_kafka_retry_of(error)
         try:
             # Retriable errors (broker away, leader moving) are waited out; the MQTT messages
-            # stay unacknowledged meanwhile. Anything else is a bug or a misconfiguration:
-            # it stops the service with the messages unacknowledged, to be delivered again.
+            # stay unacknowledged meanwhile. Anything else stops the service.
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(lambda e: isinstance(e, KafkaError) and e.retriable),
                 wait=wait_exponential(multiplier=0.2, max=10),
@@ -215,20 +338,88 @@ class IngestBridge:
                 before_sleep=_log_kafka_retry,
             ):
                 with attempt:
-                    futures = [await producer.send(t, key=k, value=v) for t, k, v in sends]
+                    futures = [await producer.send(t, key=k, value=v) for t, k, v in sent.sends]
                     await asyncio.gather(*futures)
         except RetryError:
-            logger.warning("stopping: %d messages left unacknowledged for redelivery", len(batch))
-            return
-        for msg in batch:
-            if msg.qos > 0:
-                client.ack(msg.mid, msg.qos)
-        metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
-        for topic, payload in commands:
-            # Sparkplug: host commands (NCMD) go at QoS 0 and are never retained.
-            logger.info("asking for a Sparkplug rebirth on %s", topic)
-            client.publish(topic, payload, qos=0, retain=False)
-            metrics.SPARKPLUG_REBIRTH_REQUESTS.inc()
+            return False
+        return True
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A batch of MQTT messages whose records were handed to Kafka, awaiting its acks."""
+
+    batch: list[mqtt.MQTTMessage]
+    sends: list[tuple[str, bytes, bytes]]  # (topic, key, value)
+    commands: list[tuple[str, bytes]]
+    started: float
+    acks: list[asyncio.Future[object]] = field(default_factory=list)
+    error: KafkaError | None = None
+
+
+class Inbox:
+    """MQTT messages from paho's network thread to the event loop, with one wake-up of the
+    loop per burst instead of one per message."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: deque[mqtt.MQTTMessage] = deque()
+        self._wake_scheduled = False
+        self._ready = asyncio.Event()
+
+    def put(self, message: mqtt.MQTTMessage) -> None:
+        """Called on paho's thread. The flag is cleared on the loop before it looks at the
+        queue, so a message is never left behind without a wake-up to come for it."""
+        self._pending.append(message)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_scheduled = False
+        self._ready.set()
+
+    def interrupt(self) -> None:
+        """Make a waiting ``take`` return (empty if nothing came)."""
+        self._ready.set()
+
+    async def take(self, limit: int, timeout_s: float | None = None) -> list[mqtt.MQTTMessage]:
+        """Up to ``limit`` messages once there is one; empty after ``timeout_s`` or an
+        interrupt."""
+        if not self._pending:
+            self._ready.clear()
+            if not self._pending:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await self._ready.wait()
+                except TimeoutError:
+                    return []
+        pending = self._pending
+        return [pending.popleft() for _ in range(min(limit, len(pending)))]
+
+
+async def _interrupt_on(stop: asyncio.Event, inbox: Inbox) -> None:
+    await stop.wait()
+    inbox.interrupt()
+
+
+async def _put(
+    in_flight: asyncio.Queue[InFlight | None], item: InFlight | None, acker: asyncio.Future[bool]
+) -> None:
+    """Queue for the acknowledger, or raise its error if it has stopped on one."""
+    putter: asyncio.Future[Any] = asyncio.ensure_future(in_flight.put(item))
+    waiting: set[asyncio.Future[Any]] = {putter, acker}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if not putter.done():
+        putter.cancel()
+        acker.result()  # raises its error
+        raise RuntimeError("the Kafka acknowledger stopped early")
+
+
+def _session_expiry(seconds: int) -> Properties:
+    properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = seconds
+    return properties
 
 
 def _router(
@@ -249,24 +440,29 @@ def _router(
     )
 
 
-def _count(routed: Routed) -> None:
+def _count(routed: Routed, tally: metrics.BatchTally) -> None:
     if routed.kind is MessageKind.TELEMETRY:
-        metrics.MESSAGES.inc()
+        tally.inc(metrics.MESSAGES)
     elif routed.kind is MessageKind.PRESENCE:
-        metrics.PRESENCE_MESSAGES.inc()
+        tally.inc(metrics.PRESENCE_MESSAGES)
     elif routed.kind is MessageKind.SPARKPLUG:
-        metrics.SPARKPLUG_MESSAGES.labels(routed.sparkplug_type or "invalid").inc()
+        tally.inc(metrics.SPARKPLUG_MESSAGES, 1, routed.sparkplug_type or "invalid")
     for record in routed.records:
-        metrics.READINGS_FORWARDED.inc(len(record.readings))
+        tally.inc(metrics.READINGS_FORWARDED, len(record.readings))
     for reject in routed.rejects:
-        metrics.DEAD_LETTERS.labels(reject.reason.value).inc()
+        tally.inc(metrics.DEAD_LETTERS, 1, reject.reason.value)
     for event in routed.events:
-        metrics.EVENTS.labels(event.source_kind.value, event.event.value).inc()
+        tally.inc(metrics.EVENTS, 1, event.source_kind.value, event.event.value)
         missing = event.details.get("missing")
         if event.event is EventKind.SEQ_GAP and isinstance(missing, int):
-            metrics.SEQUENCE_GAPS.labels(event.source_kind.value).inc(missing)
+            tally.inc(metrics.SEQUENCE_GAPS, missing, event.source_kind.value)
     for why, count in routed.skipped.items():
-        metrics.SPARKPLUG_METRICS_SKIPPED.labels(why).inc(count)
+        tally.inc(metrics.SPARKPLUG_METRICS_SKIPPED, count, why)
+
+
+def _log_kafka_retry_of(error: KafkaError) -> None:
+    metrics.KAFKA_RETRIES.inc()
+    logger.warning("Kafka send failed (%s); retrying", error)
 
 
 def _log_kafka_retry(state: RetryCallState) -> None:
@@ -276,23 +472,6 @@ def _log_kafka_retry(state: RetryCallState) -> None:
 
 def _status_payload(state: str) -> bytes:
     return json.dumps({"state": state, "at": datetime.now(UTC).isoformat()}).encode()
-
-
-async def _next_batch(
-    inbox: asyncio.Queue[mqtt.MQTTMessage], stop: asyncio.Event, limit: int
-) -> list[mqtt.MQTTMessage]:
-    """Wait for one message (or stop), then take whatever else is already waiting."""
-    getter = asyncio.ensure_future(inbox.get())
-    stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if getter not in done:
-        getter.cancel()
-        return []
-    batch = [getter.result()]
-    while len(batch) < limit and not inbox.empty():
-        batch.append(inbox.get_nowait())
-    return batch
 
 
 def run(

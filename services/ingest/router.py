@@ -37,6 +37,9 @@ class Routed:
     commands: list[tuple[str, bytes]] = field(default_factory=list)  # MQTT (topic, payload)
     sparkplug_type: str | None = None
     skipped: Counter[str] = field(default_factory=Counter)
+    #: The Kafka value of ``records[0]`` when it came without re-serialising (clean JSON
+    #: telemetry, which makes exactly one record), else None.
+    first_record_json: bytes | None = None
 
 
 class MessageRouter:
@@ -116,7 +119,9 @@ class MessageRouter:
             topic_device_id=device_from_topic(topic, self._root),
             policy=self._policy,
         )
-        routed = Routed(MessageKind.TELEMETRY, rejects=outcome.rejects)
+        routed = Routed(
+            MessageKind.TELEMETRY, rejects=outcome.rejects, first_record_json=outcome.record_json
+        )
         if outcome.record is not None:
             routed.records.append(outcome.record)
             if self._sequences is not None:

@@ -24,6 +24,11 @@ class IngestSettings(BaseSettings):
     max_age_days: float = Field(default=30.0, gt=0)
     receive_maximum: int = Field(default=1000, ge=1, le=65535, description="QoS 1 in flight")
     batch_max_messages: int = Field(default=500, ge=1)
+    # Kafka acknowledges a batch a few ms after it is sent: while one batch waits, the next
+    # ones are validated and sent. PUBACKs still leave in the order the messages came.
+    batches_in_flight: int = Field(
+        default=4, ge=1, description="Batches sent to Kafka and not yet acknowledged, at most"
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=19101, ge=0, le=65535, description="0 turns metrics off")
     device_refresh_s: float = Field(default=30.0, gt=0)
@@ -33,6 +38,21 @@ class IngestSettings(BaseSettings):
         default=7 * 24 * 3600, ge=0, description="Broker keeps our queue this long"
     )
     max_payload_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    # Scale-down: Mosquitto keeps handing a stopped member of a shared subscription its
+    # share, held in its session until the session expires. A retiring instance leaves the
+    # share group, forwards what is still on its way, and ends its session on the broker.
+    retire_on_stop: bool = Field(
+        default=False,
+        description="On SIGTERM leave the shared subscriptions, drain, and end the session",
+    )
+    retire_quiet_s: float = Field(
+        default=1.0, gt=0, description="Retiring: drained once nothing came for this long"
+    )
+    retire_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Retiring: give up draining after this long and keep the session instead",
+    )
     # Sequence gaps are exact only when one instance sees all of a source's messages; with
     # several instances on one shared subscription each sees a part: turn this off then.
     track_sequences: bool = Field(

@@ -16,10 +16,11 @@ import math
 from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Final
 
 from annotated_types import MaxLen
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from schemas import (
     METRIC_UNITS,
@@ -48,10 +49,15 @@ class ValidationPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A record to forward (``None`` when nothing in the message was valid) and the rejects."""
+    """A record to forward (``None`` when nothing in the message was valid) and the rejects.
+
+    ``record_json`` is the record's Kafka value when it could be had without serialising the
+    record again (a message valid through and through), else None.
+    """
 
     record: ReadingsRecord | None
     rejects: list[DeadLetterRecord] = field(default_factory=list)
+    record_json: bytes | None = None
 
 
 def validate_message(
@@ -126,7 +132,7 @@ def _validate(
         policy=policy,
     )
     if clean is not None:
-        return Outcome(clean)
+        return Outcome(clean, record_json=spliced_record_json(payload, received_at))
     try:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -208,6 +214,31 @@ def _clean_batch(
         return None
     envelope = {name: getattr(batch, name) for name in _ENVELOPE_FIELDS}
     return ReadingsRecord.model_construct(**envelope, readings=readings, received_at=received_at)
+
+
+_JSON_WHITESPACE: Final = b" \t\r\n"
+_DATETIME: Final = TypeAdapter(datetime)
+
+
+@lru_cache(maxsize=8)
+def _datetime_json(moment: datetime) -> bytes:
+    # A whole burst of messages shares one received_at: encode it once.
+    return _DATETIME.dump_json(moment)
+
+
+def spliced_record_json(payload: bytes, received_at: datetime) -> bytes | None:
+    """The ReadingsRecord of a payload that validated whole as a TelemetryBatch, as JSON:
+    the payload itself with ``received_at`` added before its closing brace.
+
+    Valid JSON because the payload is a JSON object with at least the batch's required
+    members; TelemetryBatch forbids unknown keys, so the payload has no ``received_at`` of
+    its own. Duplicate keys parse as the last one wins, downstream exactly as here.
+    Re-serialising the record would cost more than validating it.
+    """
+    body = payload.rstrip(_JSON_WHITESPACE)
+    if not body.endswith(b"}"):
+        return None
+    return b"".join((body[:-1], b',"received_at":', _datetime_json(received_at), b"}"))
 
 
 _PLACEHOLDER = {"ts": "2000-01-01T00:00:00Z", "metric": "active_power", "value": 0, "unit": "W"}
