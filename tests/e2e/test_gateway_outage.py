@@ -45,16 +45,16 @@ from paho.mqtt.client import Client, MQTTMessage
 from paho.mqtt.enums import MQTTProtocolVersion
 from prometheus_client.parser import text_string_to_metric_families
 
-from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
+from carbonflow.config import DatabaseSettings, MqttSettings
 from carbonflow.mqtt_client import new_client
 from carbonflow.registry import upsert_layout
 from carbonflow.stack import Stack
-from carbonflow.stack.kafka_admin import ensure_topics
-from carbonflow.supervise import ServiceProcess, free_port, mqtt_env, wait_for, wait_for_status
+from carbonflow.supervise import ServiceProcess, free_port, wait_for, wait_for_status
 from edge.adapters.simulated import SimulatedMeter, simulated_layout
 from edge.buffer import BatchBuffer, OverflowPolicy
 from edge.config import SimulatedDevice
 from schemas.presence import GatewayStatus, PresenceState
+from tests.isolation import RunScope
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -187,15 +187,10 @@ def test_every_polled_reading_is_stored_once_through_outage_and_kills(
 
     port = free_port()
     broker = stack.standalone_broker(broker_dir, port=port, tls_port=free_port())
-    observer = mqtt_settings.model_copy(
-        update={"port": port, "topic_root": f"cf-gwe2e-{run_id}/v1"}
+    scope = RunScope.create(
+        mqtt_settings.model_copy(update={"port": port}), "gwe2e", run_id, partitions=3
     )
-    kafka = KafkaSettings(
-        readings_topic=f"carbonflow.gwe2e-{run_id}.readings",
-        deadletter_topic=f"carbonflow.gwe2e-{run_id}.deadletter",
-        partitions=3,
-    )
-    ensure_topics(kafka, [kafka.readings_topic, kafka.deadletter_topic], kafka.partitions)
+    observer = scope.mqtt
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
     config_path = tmp_path / "gateway.toml"
@@ -242,19 +237,7 @@ def test_every_polled_reading_is_stored_once_through_outage_and_kills(
         "CARBONFLOW_GATEWAY_RECONNECT_MAX_S": "2",
         "CARBONFLOW_GATEWAY_SHUTDOWN_TIMEOUT_S": "20",
     }
-    service_env = {
-        **mqtt_env(observer),
-        "CARBONFLOW_DB_NAME": db_settings.name,
-        "CARBONFLOW_KAFKA_READINGS_TOPIC": kafka.readings_topic,
-        "CARBONFLOW_KAFKA_DEADLETTER_TOPIC": kafka.deadletter_topic,
-        "CARBONFLOW_KAFKA_PARTITIONS": str(kafka.partitions),
-        "CARBONFLOW_INGEST_CLIENT_ID": f"ingest-gwe2e-{run_id}",
-        "CARBONFLOW_INGEST_METRICS_PORT": str(free_port()),
-        "CARBONFLOW_INGEST_SESSION_EXPIRY_S": "600",
-        "CARBONFLOW_STREAM_APP_ID": f"stream-gwe2e-{run_id}",
-        "CARBONFLOW_STREAM_WEB_PORT": str(free_port()),
-        "CARBONFLOW_STREAM_DATA_DIR": str(log_dir / "faust"),
-    }
+    service_env = scope.service_env(db_settings, log_dir, CARBONFLOW_INGEST_SESSION_EXPIRY_S="600")
     metrics_url = f"http://127.0.0.1:{gateway_metrics_port}/metrics"
 
     def rows() -> list[tuple[str, str, datetime, float]]:
@@ -271,7 +254,7 @@ def test_every_polled_reading_is_stored_once_through_outage_and_kills(
         cleanup.callback(ingest.stop)
         stream = ServiceProcess("stream", log_dir, service_env)
         cleanup.callback(stream.stop)
-        wait_for_status(observer, "ingest", f"ingest-gwe2e-{run_id}", "online", ingest)
+        wait_for_status(observer, "ingest", scope.ingest_client_id, "online", ingest)
         pipeline = (ingest, stream)
 
         # 1. Running normally: polls reach the database.

@@ -26,11 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.registry import upsert_layout
-from carbonflow.stack.kafka_admin import ensure_topics
 from carbonflow.supervise import (
     ServiceProcess,
     free_port,
-    mqtt_env,
     running,
     wait_for,
     wait_for_status,
@@ -40,6 +38,7 @@ from edge.simulator.factory import FactoryLayout, PowerModel, demo_factory
 from edge.simulator.publisher import Publisher
 from schemas import Reading, TelemetryBatch
 from tests import naive
+from tests.isolation import RunScope
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -106,49 +105,39 @@ def layout(db_settings: DatabaseSettings, run_id: str) -> FactoryLayout:
 
 
 @pytest.fixture(scope="module")
-def settings(mqtt_settings: MqttSettings, run_id: str) -> tuple[MqttSettings, KafkaSettings]:
+def scope(mqtt_settings: MqttSettings, run_id: str) -> RunScope:
     """The platform service identity on this run's topic root, and this run's topics."""
-    mqtt_settings = mqtt_settings.model_copy(update={"topic_root": f"cf-e2e-{run_id}/v1"})
-    kafka = KafkaSettings(
-        readings_topic=f"carbonflow.e2e-{run_id}.readings",
-        deadletter_topic=f"carbonflow.e2e-{run_id}.deadletter",
-        partitions=3,
-    )
-    ensure_topics(kafka, [kafka.readings_topic, kafka.deadletter_topic], kafka.partitions)
-    return mqtt_settings, kafka
+    return RunScope.create(mqtt_settings, "e2e", run_id, partitions=3)
+
+
+@pytest.fixture(scope="module")
+def settings(scope: RunScope) -> tuple[MqttSettings, KafkaSettings]:
+    return scope.mqtt, scope.kafka
 
 
 @pytest.fixture(scope="module")
 def services(
-    settings: tuple[MqttSettings, KafkaSettings],
+    scope: RunScope,
     db_settings: DatabaseSettings,
     layout: FactoryLayout,
-    run_id: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, object]]:
-    mqtt_settings, kafka = settings
     log_dir = tmp_path_factory.mktemp("e2e-logs")
-    api_port, ingest_metrics_port, stream_web_port = free_port(), free_port(), free_port()
-    env = {
-        **mqtt_env(mqtt_settings),
-        "CARBONFLOW_DB_NAME": db_settings.name,
-        "CARBONFLOW_KAFKA_READINGS_TOPIC": kafka.readings_topic,
-        "CARBONFLOW_KAFKA_DEADLETTER_TOPIC": kafka.deadletter_topic,
-        "CARBONFLOW_KAFKA_PARTITIONS": str(kafka.partitions),
-        "CARBONFLOW_INGEST_CLIENT_ID": f"ingest-e2e-{run_id}",
-        "CARBONFLOW_STREAM_APP_ID": f"stream-e2e-{run_id}",
-        "CARBONFLOW_INGEST_METRICS_PORT": str(ingest_metrics_port),
-        "CARBONFLOW_STREAM_WEB_PORT": str(stream_web_port),
-        "CARBONFLOW_STREAM_MAX_GAP_S": str(MAX_GAP_S),
-        "CARBONFLOW_STREAM_DATA_DIR": str(log_dir / "faust"),
-        "CARBONFLOW_API_PORT": str(api_port),
-    }
+    api_port = free_port()
+    env = scope.service_env(
+        db_settings,
+        log_dir,
+        CARBONFLOW_STREAM_MAX_GAP_S=str(MAX_GAP_S),
+        CARBONFLOW_API_PORT=str(api_port),
+    )
+    ingest_metrics_port = env["CARBONFLOW_INGEST_METRICS_PORT"]
+    stream_web_port = env["CARBONFLOW_STREAM_WEB_PORT"]
     with (
         running("ingest", log_dir, env, log_level="DEBUG") as ingest,
         running("stream", log_dir, env, log_level="DEBUG") as stream,
         running("api", log_dir, env) as api,
     ):
-        wait_for_status(mqtt_settings, "ingest", f"ingest-e2e-{run_id}", "online", ingest)
+        wait_for_status(scope.mqtt, "ingest", scope.ingest_client_id, "online", ingest)
         base = f"http://127.0.0.1:{api_port}"
         wait_for(lambda: _ready(base), timeout_s=60, what="API readiness", services=(api,))
         yield {

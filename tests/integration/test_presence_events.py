@@ -23,10 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.mqtt_client import new_client
 from carbonflow.registry import upsert_layout
-from carbonflow.stack.kafka_admin import ensure_topics
-from carbonflow.supervise import free_port, mqtt_env, running, wait_for, wait_for_status
+from carbonflow.supervise import free_port, running, wait_for, wait_for_status
 from edge.simulator.factory import FactoryLayout, small_factory
 from schemas import DeviceStatus, GatewayStatus, PresenceState
+from tests.isolation import RunScope
 
 pytestmark = pytest.mark.integration
 
@@ -42,42 +42,22 @@ def layout(db_settings: DatabaseSettings, run_id: str) -> FactoryLayout:
 
 
 @pytest.fixture(scope="module")
-def settings(mqtt_settings: MqttSettings, run_id: str) -> tuple[MqttSettings, KafkaSettings]:
-    mqtt = mqtt_settings.model_copy(update={"topic_root": f"cf-prs-{run_id}/v1"})
+def scope(mqtt_settings: MqttSettings, run_id: str) -> RunScope:
     # One partition: events reach the store in the order ingest sent them, so a row stored
     # last proves everything sent before it was stored too.
-    kafka = KafkaSettings(
-        readings_topic=f"carbonflow.prs-{run_id}.readings",
-        deadletter_topic=f"carbonflow.prs-{run_id}.deadletter",
-        events_topic=f"carbonflow.prs-{run_id}.events",
-        partitions=1,
-    )
-    ensure_topics(
-        kafka, [kafka.readings_topic, kafka.deadletter_topic, kafka.events_topic], kafka.partitions
-    )
-    return mqtt, kafka
+    return RunScope.create(mqtt_settings, "prs", run_id, partitions=1)
+
+
+@pytest.fixture(scope="module")
+def settings(scope: RunScope) -> tuple[MqttSettings, KafkaSettings]:
+    return scope.mqtt, scope.kafka
 
 
 @pytest.fixture(scope="module")
 def env(
-    settings: tuple[MqttSettings, KafkaSettings],
-    db_settings: DatabaseSettings,
-    run_id: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    scope: RunScope, db_settings: DatabaseSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
-    mqtt, kafka = settings
-    return {
-        **mqtt_env(mqtt),
-        "CARBONFLOW_DB_NAME": db_settings.name,
-        "CARBONFLOW_KAFKA_READINGS_TOPIC": kafka.readings_topic,
-        "CARBONFLOW_KAFKA_DEADLETTER_TOPIC": kafka.deadletter_topic,
-        "CARBONFLOW_KAFKA_EVENTS_TOPIC": kafka.events_topic,
-        "CARBONFLOW_KAFKA_PARTITIONS": str(kafka.partitions),
-        "CARBONFLOW_INGEST_CLIENT_ID": f"ingest-prs-{run_id}",
-        "CARBONFLOW_STREAM_APP_ID": f"stream-prs-{run_id}",
-        "CARBONFLOW_STREAM_WEB_PORT": str(free_port()),
-        "CARBONFLOW_STREAM_DATA_DIR": str(Path(tmp_path_factory.mktemp("prs")) / "faust"),
-    }
+    return scope.service_env(db_settings, Path(tmp_path_factory.mktemp("prs")))
 
 
 @pytest.fixture(scope="module")

@@ -35,10 +35,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
 from carbonflow.mqtt_client import new_client
 from carbonflow.registry import upsert_layout
-from carbonflow.stack.kafka_admin import ensure_topics
-from carbonflow.supervise import ServiceProcess, free_port, mqtt_env, running, wait_for
+from carbonflow.supervise import ServiceProcess, running, wait_for
 from carbonflow.supervise import wait_for_status as wait_for_service_status
 from edge.simulator.factory import FactoryLayout, small_factory
+from tests.isolation import RunScope
 from tests.sparkplug_node import DataType, EdgeNode, Payload, metric
 
 pytestmark = pytest.mark.integration
@@ -101,61 +101,39 @@ def layout(db_settings: DatabaseSettings, run_id: str) -> FactoryLayout:
 
 
 @pytest.fixture(scope="module")
-def settings(mqtt_settings: MqttSettings, run_id: str) -> tuple[MqttSettings, KafkaSettings]:
-    mqtt = mqtt_settings.model_copy(update={"topic_root": f"cf-spb-{run_id}/v1"})
-    kafka = KafkaSettings(
-        readings_topic=f"carbonflow.spb-{run_id}.readings",
-        deadletter_topic=f"carbonflow.spb-{run_id}.deadletter",
-        events_topic=f"carbonflow.spb-{run_id}.events",
-        partitions=2,
-    )
-    ensure_topics(
-        kafka, [kafka.readings_topic, kafka.deadletter_topic, kafka.events_topic], kafka.partitions
-    )
-    return mqtt, kafka
+def scope(mqtt_settings: MqttSettings, run_id: str) -> RunScope:
+    return RunScope.create(mqtt_settings, "spb", run_id, partitions=2)
+
+
+@pytest.fixture(scope="module")
+def settings(scope: RunScope) -> tuple[MqttSettings, KafkaSettings]:
+    return scope.mqtt, scope.kafka
 
 
 @pytest.fixture(scope="module")
 def services(
-    settings: tuple[MqttSettings, KafkaSettings],
+    scope: RunScope,
     db_settings: DatabaseSettings,
     layout: FactoryLayout,
     run_id: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, object]]:
-    mqtt_settings, kafka = settings
+    mqtt_settings = scope.mqtt
     log_dir = tmp_path_factory.mktemp("spb-logs")
-    metrics_port, web_port = free_port(), free_port()
-    env = {
-        **mqtt_env(mqtt_settings),
-        **_kafka_env(kafka),
-        "CARBONFLOW_DB_NAME": db_settings.name,
-        "CARBONFLOW_INGEST_CLIENT_ID": f"ingest-spb-{run_id}",
-        "CARBONFLOW_INGEST_METRICS_PORT": str(metrics_port),
-        "CARBONFLOW_INGEST_SPARKPLUG_GROUPS": json.dumps([f"g{run_id}"]),
-        "CARBONFLOW_STREAM_APP_ID": f"stream-spb-{run_id}",
-        "CARBONFLOW_STREAM_WEB_PORT": str(web_port),
-        "CARBONFLOW_STREAM_DATA_DIR": str(Path(log_dir) / "faust"),
-    }
+    env = scope.service_env(
+        db_settings, Path(log_dir), CARBONFLOW_INGEST_SPARKPLUG_GROUPS=json.dumps([f"g{run_id}"])
+    )
+    metrics_port = env["CARBONFLOW_INGEST_METRICS_PORT"]
     with (
         running("ingest", log_dir, env, log_level="DEBUG") as ingest,
         running("stream", log_dir, env, log_level="DEBUG") as stream,
     ):
-        wait_for_service_status(mqtt_settings, "ingest", f"ingest-spb-{run_id}", "online", ingest)
+        wait_for_service_status(mqtt_settings, "ingest", scope.ingest_client_id, "online", ingest)
         yield {
             "ingest": ingest,
             "stream": stream,
             "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
         }
-
-
-def _kafka_env(kafka: KafkaSettings) -> dict[str, str]:
-    return {
-        "CARBONFLOW_KAFKA_READINGS_TOPIC": kafka.readings_topic,
-        "CARBONFLOW_KAFKA_DEADLETTER_TOPIC": kafka.deadletter_topic,
-        "CARBONFLOW_KAFKA_EVENTS_TOPIC": kafka.events_topic,
-        "CARBONFLOW_KAFKA_PARTITIONS": str(kafka.partitions),
-    }
 
 
 def ms(t: datetime) -> int:
