@@ -1,26 +1,31 @@
 """Ingest benchmark: MQTT in -> one ingest process -> Kafka out, next to the raw broker rate.
 
-For each batch size (readings per MQTT message) it reports messages/s and readings/s through
-ONE ingest process, end to end: from the first publish to the last record acknowledged on a
-fresh Kafka topic (Kafka's end offsets, polled every few milliseconds). In the same round it
-measures the raw broker rate with Mosquitto's own C clients: the same messages, from the same
-``mosquitto_pub`` processes at QoS 1, into one ``mosquitto_sub`` (QoS 1, MQTT 5, shared
-subscription with a persistent session and the same receive maximum as ingest), from the
-first publish to the last message received. ``ratio`` is ingest over raw, per round; the
-report gives medians over ``--rounds`` rounds, the publishers' own rate (so a reader can see
-that they are not the bottleneck), the CPU ingest used (cores, and CPU microseconds per
-message, which shifts least when other work competes for the cores), the load average and
-the machine's core count. To see where ingest's time goes, attach a sampling profiler (e.g.
-``py-spy record --pid``) to the ingest process while a round runs.
+For each batch size (readings per MQTT message) and each MQTT version ingest can speak
+(``--mqtt-protocols``: by default both 5 and 3.1.1, each its own ingest process) it reports
+messages/s and readings/s through ONE ingest process, end to end: from the first publish to
+the last record acknowledged on a fresh Kafka topic (Kafka's end offsets, polled every few
+milliseconds). In the same round it measures the raw broker rate with Mosquitto's own C
+clients: the same messages, from the same ``mosquitto_pub`` processes at QoS 1, into one
+``mosquitto_sub`` (QoS 1, MQTT 5, shared subscription with a persistent session and the same
+receive maximum as ingest), from the first publish to the last message received. ``ratio``
+is ingest over raw, per round; ``v311_over_v5`` is ingest over MQTT 3.1.1 over ingest over
+MQTT 5 in the same round (the variants take turns going first). The report gives medians
+over ``--rounds`` rounds, the publishers' own rate (so a reader can see that they are not
+the bottleneck), the CPU ingest used (cores, and CPU microseconds per message, which shifts
+least when other work competes for the cores), the load average and the machine's core
+count. To see where ingest's time goes, attach a sampling profiler (e.g. ``py-spy record
+--pid``) to the ingest process while a round runs.
 
 Needs the local stack and the ``mosquitto-clients`` package (``mosquitto_pub``/``_sub``).
 The publishers act as their gateways, with credentials issued in the benchmark's own
 registry database; ingest and the raw subscriber use ``CARBONFLOW_MQTT_USERNAME``/
 ``_PASSWORD`` when set, else the stack's service identity. Each batch size gets its own
-ingest process and topics; the Kafka topics are deleted at the end.
+ingest process per MQTT version and topics; the Kafka topics are deleted at the end. The
+ingest processes retire on stop, so the broker keeps none of their sessions.
 
     python bench/ingest.py                                  # batch sizes 1, 50 and 500
     python bench/ingest.py --batch-sizes 50 --rounds 5
+    python bench/ingest.py --mqtt-protocols 3.1.1           # one variant only
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,13 +63,18 @@ from carbonflow.stack.kafka_admin import ensure_topics
 from carbonflow.supervise import ServiceProcess, mqtt_env, wait_for_status
 from edge.simulator.factory import FactoryLayout, Machine, small_factory
 from schemas import TelemetryBatch
+from services.ingest.settings import IngestSettings
 
 BENCH_DB = "carbonflow_bench_ingest"
 GOAL_BATCH = 50
 GOAL_READINGS_PER_S = 200_000
 GOAL_RATIO = 0.5
-#: The same in-flight window as ingest's default (CARBONFLOW_INGEST_RECEIVE_MAXIMUM).
+#: The same in-flight window as ingest's default (CARBONFLOW_INGEST_RECEIVE_MAXIMUM). Over
+#: MQTT 3.1.1 the broker's max_inflight_messages bounds ingest's window instead.
 RECEIVE_MAXIMUM = 1000
+#: CARBONFLOW_INGEST_MQTT_PROTOCOL values, and their short names in the report.
+PROTOCOLS = {"5": "v5", "3.1.1": "v311"}
+DEFAULT_PROTOCOL = IngestSettings.model_fields["mqtt_protocol"].default
 #: Unacknowledged QoS 1 messages per publisher; Mosquitto's own default is 20.
 PUBLISHER_INFLIGHT = 100
 #: Bench sessions are left on the broker for this long, not for ingest's default week.
@@ -326,6 +337,16 @@ async def measure_ingest(
     }
 
 
+@dataclass(frozen=True)
+class IngestUnderTest:
+    """One ingest process speaking one MQTT version, with its own topics."""
+
+    protocol: str
+    process: ServiceProcess
+    topic_root: str
+    kafka: KafkaSettings
+
+
 async def bench_batch_size(
     clients: CClients,
     layout: FactoryLayout,
@@ -334,58 +355,77 @@ async def bench_batch_size(
     args: argparse.Namespace,
     run: str,
     workdir: Path,
-    kafka: KafkaSettings,
-    ingest: ServiceProcess,
-    ingest_root: str,
+    ingests: Sequence[IngestUnderTest],
 ) -> dict[str, Any]:
+    """Rounds of: the raw broker rate, then each ingest variant, taking turns going first."""
     raw_root = f"cf-bench-raw-{run}-b{batch}/v1"
     machines = layout.machines
     rounds: list[dict[str, float]] = []
     payload_bytes = 0
-    async with KafkaCounter(kafka, kafka.readings_topic) as readings:
+    async with AsyncExitStack() as exits:
+        counters = [
+            await exits.enter_async_context(KafkaCounter(i.kafka, i.kafka.readings_topic))
+            for i in ingests
+        ]
         warmup = write_round(
             machines, batch, args.warmup_messages, datetime.now(UTC), f"w{run}b{batch}", workdir
         )
         await measure_raw(clients, warmup, raw_root, args.timeout)
-        await measure_ingest(clients, warmup, ingest_root, readings, ingest, 120)
+        for ingest, readings in zip(ingests, counters, strict=True):
+            await measure_ingest(clients, warmup, ingest.topic_root, readings, ingest.process, 120)
         for k in range(args.rounds):
             end = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=k)
             round_ = write_round(machines, batch, messages, end, f"r{run}b{batch}k{k}", workdir)
             raw = await measure_raw(clients, round_, raw_root, args.timeout)
-            through = await measure_ingest(
-                clients, round_, ingest_root, readings, ingest, args.timeout
-            )
+            measured: dict[str, dict[str, float]] = {}
+            pairs = list(zip(ingests, counters, strict=True))
+            turn = k % len(pairs)
+            for ingest, readings in pairs[turn:] + pairs[:turn]:
+                measured[ingest.protocol] = await measure_ingest(
+                    clients, round_, ingest.topic_root, readings, ingest.process, args.timeout
+                )
             for _, path in round_.files:
                 path.unlink()
-            rounds.append(
-                {
-                    "ingest_messages_per_s": through["messages_per_s"],
-                    "ingest_readings_per_s": through["readings_per_s"],
-                    "raw_messages_per_s": raw["messages_per_s"],
-                    "ratio": through["messages_per_s"] / raw["messages_per_s"],
-                    "ingest_cpu_cores": through["ingest_cpu_cores"],
-                    "ingest_cpu_us_per_message": through["ingest_cpu_us_per_message"],
-                    "publish_messages_per_s_raw_run": raw["publish_messages_per_s"],
-                    "publish_messages_per_s_ingest_run": through["publish_messages_per_s"],
-                    # Everything shares the machine's cores: a load far above what this
-                    # benchmark runs (about 2) means someone else was competing for them.
-                    "load_average_1m": os.getloadavg()[0],
-                }
-            )
+            row = {
+                "raw_messages_per_s": raw["messages_per_s"],
+                "publish_messages_per_s_raw_run": raw["publish_messages_per_s"],
+                # Everything shares the machine's cores: a load far above what this
+                # benchmark runs (about 2) means someone else was competing for them.
+                "load_average_1m": os.getloadavg()[0],
+            }
+            for protocol, through in measured.items():
+                row |= _ingest_row(PROTOCOLS[protocol], through, raw)
+            if {"5", "3.1.1"} <= measured.keys():
+                row["v311_over_v5"] = (
+                    measured["3.1.1"]["messages_per_s"] / measured["5"]["messages_per_s"]
+                )
+            rounds.append(row)
             payload_bytes = round_.payload_bytes
-    async with KafkaCounter(kafka, kafka.deadletter_topic) as dead:
-        dead_letters = await dead.count()
     result: dict[str, Any] = {
         "batch_size": batch,
         "messages_per_round": messages,
         "readings_per_round": messages * batch,
         "payload_bytes": payload_bytes,
-        "dead_letters": dead_letters,
     }
+    for ingest in ingests:
+        async with KafkaCounter(ingest.kafka, ingest.kafka.deadletter_topic) as dead:
+            result[f"{PROTOCOLS[ingest.protocol]}_dead_letters"] = await dead.count()
     for key in rounds[0]:
         result[f"median_{key}"] = round(statistics.median(r[key] for r in rounds), 3)
     result["per_round"] = [{k: round(v, 3) for k, v in r.items()} for r in rounds]
     return result
+
+
+def _ingest_row(tag: str, through: dict[str, float], raw: dict[str, float]) -> dict[str, float]:
+    """One ingest variant's figures of a round, named ``<tag>_...``."""
+    return {
+        f"{tag}_ingest_messages_per_s": through["messages_per_s"],
+        f"{tag}_ingest_readings_per_s": through["readings_per_s"],
+        f"{tag}_ratio": through["messages_per_s"] / raw["messages_per_s"],
+        f"{tag}_ingest_cpu_cores": through["ingest_cpu_cores"],
+        f"{tag}_ingest_cpu_us_per_message": through["ingest_cpu_us_per_message"],
+        f"{tag}_publish_messages_per_s_ingest_run": through["publish_messages_per_s"],
+    }
 
 
 async def delete_topics(kafka: KafkaSettings, topics: list[str]) -> None:
@@ -395,6 +435,42 @@ async def delete_topics(kafka: KafkaSettings, topics: list[str]) -> None:
         await admin.delete_topics(topics)
     finally:
         await admin.close()
+
+
+def start_ingest(
+    service: MqttSettings, protocol: str, name: str, args: argparse.Namespace, workdir: Path
+) -> IngestUnderTest:
+    """An ingest process speaking ``protocol``, with topics of its own."""
+    kafka = KafkaSettings(
+        readings_topic=f"carbonflow.bench-ingest-{name}.readings",
+        deadletter_topic=f"carbonflow.bench-ingest-{name}.deadletter",
+        events_topic=f"carbonflow.bench-ingest-{name}.events",
+        partitions=args.partitions,
+    )
+    ensure_topics(kafka, _topics(kafka), args.partitions)
+    topic_root = f"cf-bench-ingest-{name}/v1"
+    client_id = f"ingest-bench-{name}"
+    env = {
+        **mqtt_env(service.model_copy(update={"topic_root": topic_root})),
+        "CARBONFLOW_DB_NAME": BENCH_DB,
+        "CARBONFLOW_KAFKA_READINGS_TOPIC": kafka.readings_topic,
+        "CARBONFLOW_KAFKA_DEADLETTER_TOPIC": kafka.deadletter_topic,
+        "CARBONFLOW_KAFKA_EVENTS_TOPIC": kafka.events_topic,
+        "CARBONFLOW_KAFKA_PARTITIONS": str(args.partitions),
+        "CARBONFLOW_INGEST_CLIENT_ID": client_id,
+        "CARBONFLOW_INGEST_SHARE_GROUP": f"bench-{name}",
+        "CARBONFLOW_INGEST_METRICS_PORT": "0",
+        "CARBONFLOW_INGEST_MQTT_PROTOCOL": protocol,
+        "CARBONFLOW_INGEST_SESSION_EXPIRY_S": str(SESSION_EXPIRY_S),
+        # Ends the session on stop in both versions (MQTT 3.1.1 has no expiry of its own).
+        "CARBONFLOW_INGEST_RETIRE_ON_STOP": "true",
+    }
+    process = ServiceProcess("ingest", workdir, env, name=client_id)
+    return IngestUnderTest(protocol, process, topic_root, kafka)
+
+
+def _topics(kafka: KafkaSettings) -> list[str]:
+    return [kafka.readings_topic, kafka.deadletter_topic, kafka.events_topic]
 
 
 def main() -> int:
@@ -412,6 +488,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup-messages", type=int, default=1_000)
     parser.add_argument("--timeout", type=float, default=300.0, help="per measurement")
+    parser.add_argument(
+        "--mqtt-protocols",
+        nargs="+",
+        choices=list(PROTOCOLS),
+        default=list(PROTOCOLS),
+        help="MQTT versions of ingest to measure, each with its own ingest process",
+    )
     args = parser.parse_args()
 
     run = uuid.uuid4().hex[:8]
@@ -446,51 +529,27 @@ def main() -> int:
         clients = CClients(service, gateways, workdir / "identities")
         for batch in args.batch_sizes:
             messages = max(args.min_messages, min(args.max_messages, args.readings // batch))
-            kafka = KafkaSettings(
-                readings_topic=f"carbonflow.bench-ingest-{run}-b{batch}.readings",
-                deadletter_topic=f"carbonflow.bench-ingest-{run}-b{batch}.deadletter",
-                events_topic=f"carbonflow.bench-ingest-{run}-b{batch}.events",
-                partitions=args.partitions,
-            )
-            mine = [kafka.readings_topic, kafka.deadletter_topic, kafka.events_topic]
-            topics += mine
-            ensure_topics(kafka, mine, args.partitions)
-            ingest_root = f"cf-bench-ingest-{run}-b{batch}/v1"
-            client_id = f"ingest-bench-{run}-b{batch}"
-            ingest_mqtt = service.model_copy(update={"topic_root": ingest_root})
-            env = {
-                **mqtt_env(ingest_mqtt),
-                "CARBONFLOW_DB_NAME": BENCH_DB,
-                "CARBONFLOW_KAFKA_READINGS_TOPIC": kafka.readings_topic,
-                "CARBONFLOW_KAFKA_DEADLETTER_TOPIC": kafka.deadletter_topic,
-                "CARBONFLOW_KAFKA_EVENTS_TOPIC": kafka.events_topic,
-                "CARBONFLOW_KAFKA_PARTITIONS": str(args.partitions),
-                "CARBONFLOW_INGEST_CLIENT_ID": client_id,
-                "CARBONFLOW_INGEST_SHARE_GROUP": f"bench-{run}",
-                "CARBONFLOW_INGEST_METRICS_PORT": "0",
-                "CARBONFLOW_INGEST_SESSION_EXPIRY_S": str(SESSION_EXPIRY_S),
-            }
-            ingest = ServiceProcess("ingest", workdir, env, name=client_id)
-            try:
-                wait_for_status(ingest_mqtt, "ingest", client_id, "online", ingest)
+            with ExitStack() as running:
+                ingests = []
+                for protocol in args.mqtt_protocols:
+                    ingest = start_ingest(
+                        service, protocol, f"{run}-b{batch}-{PROTOCOLS[protocol]}", args, workdir
+                    )
+                    topics += _topics(ingest.kafka)
+                    running.callback(ingest.process.stop)
+                    ingests.append(ingest)
+                for ingest in ingests:
+                    settings = service.model_copy(update={"topic_root": ingest.topic_root})
+                    wait_for_status(
+                        settings, "ingest", ingest.process.name, "online", ingest.process
+                    )
                 results.append(
                     asyncio.run(
                         bench_batch_size(
-                            clients,
-                            layout,
-                            batch,
-                            messages,
-                            args,
-                            run,
-                            workdir,
-                            kafka,
-                            ingest,
-                            ingest_root,
+                            clients, layout, batch, messages, args, run, workdir, ingests
                         )
                     )
                 )
-            finally:
-                ingest.stop()
     finally:
         if topics:
             asyncio.run(delete_topics(KafkaSettings(), topics))
@@ -505,6 +564,8 @@ def main() -> int:
         "receive_maximum": RECEIVE_MAXIMUM,
         "partitions": args.partitions,
         "rounds": args.rounds,
+        "mqtt_protocols": args.mqtt_protocols,
+        "default_mqtt_protocol": DEFAULT_PROTOCOL,
         "results": results,
     }
     goal = next((r for r in results if r["batch_size"] == GOAL_BATCH), None)
@@ -513,9 +574,14 @@ def main() -> int:
             "batch_size": GOAL_BATCH,
             "readings_per_s": GOAL_READINGS_PER_S,
             "ratio": GOAL_RATIO,
-            "readings_per_s_met": goal["median_ingest_readings_per_s"] >= GOAL_READINGS_PER_S,
-            "ratio_met": goal["median_ratio"] >= GOAL_RATIO,
         }
+        for protocol in args.mqtt_protocols:
+            tag = PROTOCOLS[protocol]
+            report["goal"][tag] = {
+                "readings_per_s_met": goal[f"median_{tag}_ingest_readings_per_s"]
+                >= GOAL_READINGS_PER_S,
+                "ratio_met": goal[f"median_{tag}_ratio"] >= GOAL_RATIO,
+            }
     print(json.dumps(report, indent=2))
     return 0
 

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -74,6 +76,7 @@ class IngestBridge:
         )
         self._status_topic = mqtt_settings.service_status_topic("ingest", settings.client_id)
         self._router = _router(mqtt_settings, settings, self._policy)
+        self._session = BrokerSession(mqtt_settings, settings)
         self._unsubscribed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -99,13 +102,14 @@ class IngestBridge:
         end_session = False
         try:
             await self._devices.refresh()
-            await asyncio.to_thread(self._connect, client)
+            await asyncio.to_thread(self._session.connect, client)
             client.loop_start()
             logger.info(
-                "ingest %s: MQTT %s:%s -> Kafka %s",
+                "ingest %s: MQTT %s:%s (MQTT %s) -> Kafka %s",
                 self._settings.client_id,
                 self._mqtt.host,
                 self._mqtt.port,
+                self._settings.mqtt_protocol,
                 self._kafka.readings_topic,
             )
             in_flight: asyncio.Queue[InFlight | None] = asyncio.Queue(
@@ -131,8 +135,7 @@ class IngestBridge:
             client.publish(self._status_topic, _status_payload("offline"), qos=1, retain=True)
             if end_session:
                 logger.info("retired: ending the MQTT session, the broker forgets this instance")
-            client.disconnect(properties=_session_expiry(0) if end_session else None)
-            client.loop_stop()
+            await asyncio.to_thread(self._session.close, client, end=end_session)
             await producer.stop()
 
     async def _retire(
@@ -174,7 +177,7 @@ class IngestBridge:
     def _mqtt_client(
         self, deliver: Callable[[mqtt.MQTTMessage], None], unsubscribed: Callable[[], object]
     ) -> mqtt.Client:
-        client = new_client(self._mqtt, client_id=self._settings.client_id, manual_ack=True)
+        client = self._session.new_client(manual_ack=True)
         subscriptions = self._subscriptions()
         # Presence: retained "online" once subscribed, "offline" by last will or on shutdown.
         client.will_set(self._status_topic, _status_payload("offline"), qos=1, retain=True)
@@ -223,23 +226,6 @@ class IngestBridge:
             *sparkplug_lifecycle,
             *sparkplug_data,
         ]
-
-    def _connect(self, client: mqtt.Client) -> None:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self._settings.session_expiry_s
-        properties.ReceiveMaximum = self._settings.receive_maximum
-        try:
-            client.connect(
-                self._mqtt.host,
-                self._mqtt.broker_port,
-                keepalive=self._mqtt.keepalive_s,
-                clean_start=False,
-                properties=properties,
-            )
-        except OSError as exc:
-            raise ServiceUnavailableError(
-                f"MQTT at {self._mqtt.host}:{self._mqtt.port}: {exc}"
-            ) from exc
 
     async def _send(self, producer: AIOKafkaProducer, batch: list[mqtt.MQTTMessage]) -> InFlight:
         """Route a batch and hand everything made of it to the Kafka producer."""
@@ -345,6 +331,92 @@ class IngestBridge:
         return True
 
 
+class BrokerSession:
+    """Ingest's persistent session on the broker, in MQTT 5 or MQTT 3.1.1: the one place
+    that knows how each protocol keeps, bounds and ends it.
+
+    MQTT 5: clean start off, the session expiry and receive maximum from the settings;
+    ending it is a DISCONNECT with session expiry 0. MQTT 3.1.1 has no properties: clean
+    session off, and the broker decides how long an absent session is kept (Mosquitto's
+    ``persistent_client_expiration``) and how many messages are in flight
+    (``max_inflight_messages``). It has no way to end a session on DISCONNECT either:
+    a clean-session connection under the same client id discards it instead.
+    """
+
+    def __init__(self, mqtt_settings: MqttSettings, settings: IngestSettings) -> None:
+        self._mqtt = mqtt_settings
+        self._client_id = settings.client_id
+        self._v5 = settings.mqtt_protocol == "5"
+        self._session_expiry_s = settings.session_expiry_s
+        self._receive_maximum = settings.receive_maximum
+
+    def new_client(self, *, clean: bool = False, **options: Any) -> mqtt.Client:
+        if self._v5:
+            return new_client(self._mqtt, client_id=self._client_id, **options)
+        return new_client(
+            self._mqtt,
+            client_id=self._client_id,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            clean_session=clean,
+            **options,
+        )
+
+    def connect(self, client: mqtt.Client) -> None:
+        """Open the connection (blocking); CONNACK comes to ``on_connect``."""
+        options: dict[str, Any] = {}
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self._session_expiry_s
+            properties.ReceiveMaximum = self._receive_maximum
+            options = {"clean_start": False, "properties": properties}
+        try:
+            client.connect(
+                self._mqtt.host, self._mqtt.broker_port, keepalive=self._mqtt.keepalive_s, **options
+            )
+        except OSError as exc:
+            raise ServiceUnavailableError(
+                f"MQTT at {self._mqtt.host}:{self._mqtt.port}: {exc}"
+            ) from exc
+
+    def close(self, client: mqtt.Client, *, end: bool) -> None:
+        """Disconnect (blocking) and stop the network loop; ``end`` also ends the session."""
+        properties = None
+        if end and self._v5:
+            properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 0
+        client.disconnect(properties=properties)
+        client.loop_stop()
+        if end and not self._v5:
+            self._discard()
+
+    def _discard(self, timeout_s: float = 10.0) -> None:
+        """MQTT 3.1.1: connect once with a clean session, which discards the kept one."""
+        client = self.new_client(clean=True)
+        accepted = threading.Event()
+
+        def on_connect(
+            _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
+        ) -> None:
+            if reason.is_failure:
+                logger.error("MQTT broker refused the connection: %s", reason)
+            else:
+                accepted.set()
+
+        client.on_connect = on_connect
+        try:
+            self.connect(client)
+        except ServiceUnavailableError as exc:
+            logger.warning("could not end the MQTT session (%s); the broker expires it", exc)
+            return
+        client.loop_start()
+        try:
+            if not accepted.wait(timeout_s):
+                logger.warning("could not end the MQTT session; the broker expires it")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+
 @dataclass(slots=True)
 class InFlight:
     """A batch of MQTT messages whose records were handed to Kafka, awaiting its acks."""
@@ -414,12 +486,6 @@ async def _put(
         putter.cancel()
         acker.result()  # raises its error
         raise RuntimeError("the Kafka acknowledger stopped early")
-
-
-def _session_expiry(seconds: int) -> Properties:
-    properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
-    properties.SessionExpiryInterval = seconds
-    return properties
 
 
 def _router(

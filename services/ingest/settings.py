@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,7 +23,21 @@ class IngestSettings(BaseSettings):
     share_group: str = Field(default="carbonflow-ingest", description="MQTT shared subscription")
     max_future_s: float = Field(default=300.0, gt=0)
     max_age_days: float = Field(default=30.0, gt=0)
-    receive_maximum: int = Field(default=1000, ge=1, le=65535, description="QoS 1 in flight")
+    # MQTT 3.1.1 spares paho the MQTT 5 properties of every packet: about 30% more messages/s
+    # through one instance, at about 30% less CPU each (bench/ingest.py measures both). In
+    # exchange the broker decides what the MQTT 5 properties below would: how long an absent
+    # instance's session is kept (Mosquitto: persistent_client_expiration, 7 d in the stack's
+    # configurations) and how many QoS 1 messages it has in flight (max_inflight_messages,
+    # 100). Shared subscriptions, retained presence, the last will, Sparkplug and retiring
+    # work alike in both.
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        default="3.1.1",
+        description='MQTT version ingest speaks: "3.1.1" (less CPU per message; the broker sets '
+        'session lifetime and in-flight window) or "5" (session_expiry_s and receive_maximum)',
+    )
+    receive_maximum: int = Field(
+        default=1000, ge=1, le=65535, description="QoS 1 in flight (MQTT 5 only)"
+    )
     batch_max_messages: int = Field(default=500, ge=1)
     # Kafka acknowledges a batch a few ms after it is sent: while one batch waits, the next
     # ones are validated and sent. PUBACKs still leave in the order the messages came.
@@ -35,7 +50,7 @@ class IngestSettings(BaseSettings):
     # Messages queued for an absent instance are lost when its session expires, and the
     # gateways have already deleted them: keep it longer than any outage worth surviving.
     session_expiry_s: int = Field(
-        default=7 * 24 * 3600, ge=0, description="Broker keeps our queue this long"
+        default=7 * 24 * 3600, ge=0, description="Broker keeps our queue this long (MQTT 5 only)"
     )
     max_payload_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     # Scale-down: Mosquitto keeps handing a stopped member of a shared subscription its

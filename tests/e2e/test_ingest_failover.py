@@ -7,7 +7,7 @@ the other members, it waits for the same client id to come back. So the killed i
 restarted under its own client id, as its supervisor (systemd) would, and takes its session
 back. Afterwards every published reading must be on the readings topic. Duplicates (Kafka
 had a batch, the PUBACK never left the dead process) are allowed at this hop and reported;
-losses are not.
+losses are not. The scenario runs with ingest speaking MQTT 5 and MQTT 3.1.1.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ PUBLISHED_AFTER_RESTART = 300
 MAX_SEQ = 2000  # per device: 40 s at RATE, far more than the scenario needs
 #: The broker forgets these test sessions soon after the test; long enough for the restart.
 SESSION_EXPIRY_S = 600
+#: Ingest's MQTT versions (CARBONFLOW_INGEST_MQTT_PROTOCOL), each with a tag for names.
+PROTOCOLS = {"5": "v5", "3.1.1": "v311"}
 
 
 def make_batch(machine: Machine, seq: int, start: datetime) -> TelemetryBatch:
@@ -134,13 +136,21 @@ def layout(db_settings: DatabaseSettings, run_id: str) -> FactoryLayout:
     return layout
 
 
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def mqtt_protocol(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def topics(run_id: str, mqtt_settings: MqttSettings) -> tuple[MqttSettings, KafkaSettings]:
-    mqtt = mqtt_settings.model_copy(update={"topic_root": f"cf-failover-{run_id}/v1"})
+def topics(
+    run_id: str, mqtt_settings: MqttSettings, mqtt_protocol: str
+) -> tuple[MqttSettings, KafkaSettings]:
+    name = f"{run_id}-{PROTOCOLS[mqtt_protocol]}"
+    mqtt = mqtt_settings.model_copy(update={"topic_root": f"cf-failover-{name}/v1"})
     kafka = KafkaSettings(
-        readings_topic=f"carbonflow.failover-{run_id}.readings",
-        deadletter_topic=f"carbonflow.failover-{run_id}.deadletter",
-        events_topic=f"carbonflow.failover-{run_id}.events",
+        readings_topic=f"carbonflow.failover-{name}.readings",
+        deadletter_topic=f"carbonflow.failover-{name}.deadletter",
+        events_topic=f"carbonflow.failover-{name}.events",
         partitions=3,
     )
     names = [kafka.readings_topic, kafka.deadletter_topic, kafka.events_topic]
@@ -159,6 +169,9 @@ class IngestFleet:
         run_id: str,
         log_dir: Path,
         exits: ExitStack,
+        *,
+        protocol: str = "5",
+        retire_on_stop: bool = False,
     ) -> None:
         self._mqtt = mqtt
         self._log_dir = log_dir
@@ -173,8 +186,11 @@ class IngestFleet:
             "CARBONFLOW_INGEST_SESSION_EXPIRY_S": str(SESSION_EXPIRY_S),
             # Each instance sees a part of every device's batches: its gaps are not gaps.
             "CARBONFLOW_INGEST_TRACK_SEQUENCES": "false",
+            "CARBONFLOW_INGEST_MQTT_PROTOCOL": protocol,
+            "CARBONFLOW_INGEST_RETIRE_ON_STOP": str(retire_on_stop).lower(),
         }
-        self.client_ids = [f"ingest-fo-{run_id}-{i}" for i in range(INSTANCES)]
+        tag = PROTOCOLS[protocol]
+        self.client_ids = [f"ingest-fo-{run_id}-{tag}-{i}" for i in range(INSTANCES)]
         self.ports = {cid: free_port() for cid in self.client_ids}
         self.processes: dict[str, ServiceProcess] = {}
 
@@ -246,6 +262,7 @@ def outcome(
     db_settings: DatabaseSettings,
     edge_mqtt_settings: Callable[[str], MqttSettings],
     run_id: str,
+    mqtt_protocol: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Outcome]:
     mqtt, kafka = topics
@@ -253,7 +270,9 @@ def outcome(
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=4)
     gateways = sorted({m.gateway_id for m in layout.machines})
     with ExitStack() as exits:
-        fleet = IngestFleet(mqtt, kafka, db_settings, run_id, log_dir, exits)
+        fleet = IngestFleet(
+            mqtt, kafka, db_settings, run_id, log_dir, exits, protocol=mqtt_protocol
+        )
         for client_id in fleet.client_ids:
             fleet.start(client_id)
         for client_id in fleet.client_ids:

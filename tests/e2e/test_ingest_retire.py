@@ -4,21 +4,25 @@ Mosquitto (2.0) keeps handing a stopped member of a shared subscription its roun
 share, held in its session until the session expires. With retire on stop, the instance
 unsubscribes, forwards what is still on its way, and ends its session; from then on the
 survivor gets every message. The retired instance is never started again here, so any
-message the broker still handed to it would be missing from Kafka.
+message the broker still handed to it would be missing from Kafka. MQTT 5 ends the session
+with its DISCONNECT; MQTT 3.1.1 with a clean-session connection afterwards: both run here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import paho.mqtt.client as mqtt_client
 import psycopg
 import pytest
 
 from carbonflow.config import DatabaseSettings, KafkaSettings, MqttSettings
+from carbonflow.mqtt_client import new_client
 from carbonflow.registry import upsert_layout
 from carbonflow.stack.kafka_admin import ensure_topics
 from carbonflow.supervise import wait_for
@@ -26,6 +30,7 @@ from edge.simulator.factory import FactoryLayout, small_factory
 from edge.simulator.publisher import Publisher
 from tests.e2e.test_ingest_failover import (
     DEVICES,
+    PROTOCOLS,
     IngestFleet,
     SteadyLoad,
     _read_topics,
@@ -47,16 +52,20 @@ class Retirement:
     survivor_messages_at_exit: float
     survivor_messages_at_end: float
     retired_log: str
+    session_kept: bool
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
 def retirement(
+    request: pytest.FixtureRequest,
     db_settings: DatabaseSettings,
     mqtt_settings: MqttSettings,
     edge_mqtt_settings: Callable[[str], MqttSettings],
     run_id: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Retirement]:
+    protocol = str(request.param)
+    run_id = f"{run_id}{PROTOCOLS[protocol]}"
     layout: FactoryLayout = small_factory(DEVICES, prefix=f"rt{run_id}")
     with psycopg.connect(db_settings.conninfo()) as conn:
         upsert_layout(conn, layout)
@@ -71,8 +80,16 @@ def retirement(
     log_dir = tmp_path_factory.mktemp("retire-logs")
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=4)
     with ExitStack() as exits:
-        fleet = IngestFleet(mqtt, kafka, db_settings, f"rt{run_id}", log_dir, exits)
-        fleet._common["CARBONFLOW_INGEST_RETIRE_ON_STOP"] = "true"
+        fleet = IngestFleet(
+            mqtt,
+            kafka,
+            db_settings,
+            f"rt{run_id}",
+            log_dir,
+            exits,
+            protocol=protocol,
+            retire_on_stop=True,
+        )
         survivor_id, retiring_id = fleet.client_ids[:2]
         for client_id in (survivor_id, retiring_id):
             fleet.start(client_id)
@@ -96,6 +113,7 @@ def retirement(
             services=(survivor, retiring),
         )
         exit_code = retiring.stop(timeout_s=60)  # SIGTERM: retire
+        session_kept = _session_kept(mqtt, retiring_id)
         survivor_at_exit = fleet.messages(survivor_id) or 0.0
         first_after = load.count
         wait_for(
@@ -126,12 +144,45 @@ def retirement(
             survivor_messages_at_exit=survivor_at_exit,
             survivor_messages_at_end=survivor_at_end,
             retired_log=retiring.log_path.read_text(errors="replace"),
+            session_kept=session_kept,
         )
+
+
+def _session_kept(settings: MqttSettings, client_id: str) -> bool:
+    """Whether the broker holds a session for ``client_id``: an MQTT 5 connection that
+    resumes any session (clean start off) reads CONNACK's session present flag; its own
+    session expiry is 0, so it leaves nothing behind."""
+    client = new_client(settings, client_id=client_id)
+    answers: list[tuple[bool, str]] = []
+    answered = threading.Event()
+
+    def on_connect(
+        _c: mqtt_client.Client,
+        _u: object,
+        flags: mqtt_client.ConnectFlags,
+        reason: object,
+        _p: object,
+    ) -> None:
+        answers.append((flags.session_present, str(reason)))
+        answered.set()
+
+    client.on_connect = on_connect
+    client.connect(settings.host, settings.broker_port, settings.keepalive_s, clean_start=False)
+    client.loop_start()
+    try:
+        assert answered.wait(10), f"no CONNACK for {client_id}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    session_present, reason = answers[0]
+    assert reason == "Success", reason
+    return session_present
 
 
 def test_a_retired_instance_loses_nothing(retirement: Retirement) -> None:
     assert retirement.exit_code == 0, retirement.retired_log[-3000:]
     assert "retired: ending the MQTT session" in retirement.retired_log
+    assert not retirement.session_kept, "the broker still holds the retired instance's session"
     missing = sorted(retirement.published - retirement.arrived)
     assert not missing, f"{len(missing)} of {len(retirement.published)} missing: {missing[:10]}"
     assert retirement.dead_letters == 0
