@@ -8,13 +8,14 @@ VENV   := .venv
 export UV_PYTHON_DOWNLOADS := never
 RUN    := $(UV) run --frozen --no-sync --python $(VENV)/bin/python
 
-.PHONY: help setup demo test lint typecheck unit integration stack-up stack-down stack-status stack-reset bench clean
+.PHONY: help setup demo test lint typecheck unit integration stack-up stack-down stack-status stack-reset bench bench-ingest clean
 
 help:
 	@echo "make demo   - run the whole system on a simulated factory (Ctrl-C stops it)"
 	@echo "make test   - set everything up and run lint, type checks and the whole test suite"
 	@echo "make stack-up | stack-down | stack-status | stack-reset - the local services"
 	@echo "make bench  - end-to-end pipeline benchmark (JSON)"
+	@echo "make bench-ingest - ingest (MQTT in, Kafka out) next to the raw broker rate (JSON)"
 
 $(UV):
 	@PYTHON=$(PYTHON) ./infra/bootstrap.sh $(TOOLS)
@@ -63,6 +64,9 @@ test: lint typecheck stack-up
 
 bench: stack-up
 	@$(RUN) python bench/pipeline.py
+
+bench-ingest: stack-up
+	@$(RUN) python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
