@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -103,3 +106,13 @@ def db_settings(stack: Stack) -> DatabaseSettings:
 def db_conn(db_settings: DatabaseSettings) -> Iterator[psycopg.Connection]:
     with psycopg.connect(db_settings.conninfo(), autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def broker_dir() -> Iterator[Path]:
+    """State dir for a private Mosquitto (``Stack.standalone_broker``) that a test stops and
+    starts. Not tmp_path: the broker runs as its own OS account, which must reach its files."""
+    path = Path(tempfile.mkdtemp(prefix="carbonflow-test-broker-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -26,13 +26,11 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -147,15 +145,6 @@ def watch_gateway_status(
     client.loop_start()
     assert subscribed.wait(10), "no SUBACK"
     return client, seen
-
-
-@pytest.fixture
-def broker_dir() -> Iterator[Path]:
-    # Not tmp_path: the broker runs as its own OS account, which must reach its files.
-    path = Path(tempfile.mkdtemp(prefix="carbonflow-e2e-broker-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_every_polled_reading_is_stored_once_through_outage_and_kills(

@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import shutil
-import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -174,6 +172,15 @@ class RunningGateway:
         value = self.gateway.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
 
+    def wait_for_metric(
+        self, name: str, at_least: float, what: str, timeout_s: float = 20, **labels: str
+    ) -> None:
+        wait_for(
+            lambda: True if self.metric(name, **labels) >= at_least else None,
+            timeout_s=timeout_s,
+            what=what,
+        )
+
     def stop(self, timeout_s: float = 30.0) -> None:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
@@ -257,6 +264,19 @@ def received_keys(batches: list[TelemetryBatch]) -> Counter[Key]:
     return Counter((b.device_id, r.metric, r.ts) for b in batches for r in b.readings)
 
 
+def receive_all(subscriber: Subscriber, expected: Counter[Key]) -> list[tuple[str, bytes, bool]]:
+    """Everything the subscriber gets until every expected reading has arrived."""
+    messages: list[tuple[str, bytes, bool]] = []
+
+    def all_arrived() -> bool | None:
+        messages.extend(subscriber.drain())
+        got = received_keys(telemetry(messages))
+        return True if all(got[k] for k in expected) else None
+
+    wait_for(all_arrived, timeout_s=20, what="every reading at the subscriber")
+    return messages
+
+
 def buffered(path: Path) -> list[TelemetryBatch]:
     with BatchBuffer.open(path, max_bytes=10**9, policy=OverflowPolicy.DROP_OLDEST) as buffer:
         return [TelemetryBatch.model_validate_json(e.payload) for e in buffer.pending(100_000)]
@@ -308,23 +328,18 @@ def test_meters_that_hang_or_fail_are_announced_and_the_others_all_arrive_once(
     with Subscriber(observer, f"gw-observer-{run_id}") as subscriber:
         running = RunningGateway(gateway)
         try:
-            wait_for(
-                lambda: (
-                    True
-                    if running.metric("carbonflow_gateway_poll_failures_total", device=hung) >= 2
-                    else None
-                ),
+            running.wait_for_metric(
+                "carbonflow_gateway_poll_failures_total",
+                2,
+                "the hung meter to fail twice",
                 timeout_s=20,
-                what="the hung meter to fail twice",
+                device=hung,
             )
-            wait_for(
-                lambda: (
-                    True
-                    if running.metric("carbonflow_gateway_readings_acknowledged_total") >= 20
-                    else None
-                ),
+            running.wait_for_metric(
+                "carbonflow_gateway_readings_acknowledged_total",
+                20,
+                "acknowledged readings",
                 timeout_s=20,
-                what="acknowledged readings",
             )
             healed.set()
             wait_for(
@@ -344,14 +359,7 @@ def test_meters_that_hang_or_fail_are_announced_and_the_others_all_arrive_once(
             running.stop()
         # Every acknowledged message has been delivered to us by now, or will be shortly.
         expected = Counter(k for d in healthy for k in keys(taken[d], d))
-        messages: list[tuple[str, bytes, bool]] = []
-
-        def all_arrived() -> bool | None:
-            messages.extend(subscriber.drain())
-            got = received_keys(telemetry(messages))
-            return True if all(got[k] for k in expected) else None
-
-        wait_for(all_arrived, timeout_s=20, what="every reading at the subscriber")
+        messages = receive_all(subscriber, expected)
 
     batches = telemetry(messages)
     got = received_keys([b for b in batches if b.device_id in healthy])
@@ -405,15 +413,6 @@ def test_meters_that_hang_or_fail_are_announced_and_the_others_all_arrive_once(
 # --- against a broker of our own, stopped and started ------------------------------------
 
 
-@pytest.fixture
-def broker_dir() -> Iterator[Path]:
-    # Not tmp_path: the broker runs as its own OS account, which must reach its files.
-    path = Path(tempfile.mkdtemp(prefix="carbonflow-test-broker-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def start(broker: MosquittoService) -> None:
     broker.ensure_started()
     broker.wait_ready(30)
@@ -460,10 +459,8 @@ def test_readings_wait_on_disk_while_the_broker_is_away_and_leave_only_on_puback
     )
     running = RunningGateway(gateway)
     try:
-        wait_for(
-            lambda: True if running.metric("carbonflow_gateway_pending_batches") >= 15 else None,
-            timeout_s=20,
-            what="polls piling up in the buffer",
+        running.wait_for_metric(
+            "carbonflow_gateway_pending_batches", 15, "polls piling up in the buffer"
         )
         # Nothing can have left: no broker, no PUBACK, nothing deleted.
         assert running.metric("carbonflow_gateway_readings_acknowledged_total") == 0
@@ -471,36 +468,22 @@ def test_readings_wait_on_disk_while_the_broker_is_away_and_leave_only_on_puback
         assert running.metric("carbonflow_gateway_batches_published_total") == 0
         start(broker)
         with Subscriber(observer, f"gwo-observer-{run_id}", persistent=True) as subscriber:
-            wait_for(
-                lambda: (
-                    True
-                    if running.metric("carbonflow_gateway_publish_rejected_total") >= 2
-                    else None
-                ),
+            running.wait_for_metric(
+                "carbonflow_gateway_publish_rejected_total",
+                2,
+                "the ghost's batches refused (and retried)",
                 timeout_s=30,
-                what="the ghost's batches refused (and retried)",
             )
             polled_while_away = {d: len(taken[d]) for d in meters}
-            wait_for(
-                lambda: (
-                    True
-                    if running.metric("carbonflow_gateway_readings_acknowledged_total")
-                    >= sum(polled_while_away.values())
-                    else None
-                ),
+            running.wait_for_metric(
+                "carbonflow_gateway_readings_acknowledged_total",
+                sum(polled_while_away.values()),
+                "the backlog acknowledged",
                 timeout_s=30,
-                what="the backlog acknowledged",
             )
             running.stop()
             expected = Counter(k for d in meters for k in keys(taken[d], d))
-            messages: list[tuple[str, bytes, bool]] = []
-
-            def all_arrived() -> bool | None:
-                messages.extend(subscriber.drain())
-                got = received_keys(telemetry(messages))
-                return True if all(got[k] for k in expected) else None
-
-            wait_for(all_arrived, timeout_s=20, what="every reading at the subscriber")
+            messages = receive_all(subscriber, expected)
     finally:
         running.stop()
         broker.stop()
@@ -640,25 +623,15 @@ def test_readings_that_reach_no_subscriber_stay_buffered_until_a_shared_subscrib
         unrouted = running.metric("carbonflow_gateway_publish_unrouted_total")
         assert running.metric("carbonflow_gateway_batches_published_total") == unrouted
         with Subscriber(observer, f"gwu-ingest-{run_id}", share="ingest") as subscriber:
-            wait_for(
-                lambda: (
-                    True
-                    if running.metric("carbonflow_gateway_readings_acknowledged_total") >= polled
-                    else None
-                ),
+            running.wait_for_metric(
+                "carbonflow_gateway_readings_acknowledged_total",
+                polled,
+                "the held-back readings acknowledged",
                 timeout_s=30,
-                what="the held-back readings acknowledged",
             )
             running.stop()
             expected = Counter(k for d in meters for k in keys(taken[d], d))
-            messages: list[tuple[str, bytes, bool]] = []
-
-            def all_arrived() -> bool | None:
-                messages.extend(subscriber.drain())
-                got = received_keys(telemetry(messages))
-                return True if all(got[k] for k in expected) else None
-
-            wait_for(all_arrived, timeout_s=20, what="every reading at the subscriber")
+            messages = receive_all(subscriber, expected)
     finally:
         running.stop()
 
