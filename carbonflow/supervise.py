@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -21,22 +21,23 @@ T = TypeVar("T")
 
 
 class ServiceProcess:
-    """``python -m carbonflow <command>`` with its output in ``<log_dir>/<name>.log``."""
+    """``python -m carbonflow <command> [args...]`` with its output in ``<log_dir>/<name>.log``."""
 
     def __init__(
         self,
-        command: str,
+        command: str | Sequence[str],
         log_dir: Path,
         env: Mapping[str, str] | None = None,
         *,
         name: str | None = None,
         log_level: str = "INFO",
     ) -> None:
-        self.name = name or command
+        argv = [command] if isinstance(command, str) else list(command)
+        self.name = name or argv[0]
         self.log_path = log_dir / f"{self.name}.log"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "carbonflow", "--log-level", log_level, command],
+                [sys.executable, "-m", "carbonflow", "--log-level", log_level, *argv],
                 env={**os.environ, **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -65,7 +66,7 @@ class ServiceProcess:
 
 @contextmanager
 def running(
-    command: str, log_dir: Path, env: Mapping[str, str] | None = None, **kwargs: str
+    command: str | Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None, **kwargs: str
 ) -> Iterator[ServiceProcess]:
     service = ServiceProcess(command, log_dir, env, **kwargs)
     try:

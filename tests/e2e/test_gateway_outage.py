@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable
@@ -69,19 +66,8 @@ class GatewayProcess(ServiceProcess):
     """``python -m carbonflow gateway run --config ...``, logging each stored poll."""
 
     def __init__(self, config: Path, log_dir: Path, env: dict[str, str], name: str) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        argv = [sys.executable, "-m", "carbonflow", "--log-level", "DEBUG"]
-        argv += ["gateway", "run", "--config", str(config)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv,
-                env={**os.environ, **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        command = ["gateway", "run", "--config", str(config)]
+        super().__init__(command, log_dir, env, name=name, log_level="DEBUG")
 
     def kill(self) -> None:
         self.process.kill()

@@ -14,128 +14,30 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pymodbus.constants import ExcCodes
-from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
 
 from carbonflow.supervise import free_port
 from edge.adapters.base import MeterAdapter, MeterReadError
 from edge.adapters.modbus import ModbusTcpAdapter
 from edge.config import ModbusTcpDevice
-from edge.registermaps import RegisterMap, encode_raw, load_register_map
+from edge.registermaps import load_register_map
 from schemas.telemetry import Quality, Reading
+from tests.meters import (
+    HOST,
+    IEM3000_EXPECTED,
+    IEM3000_RAW,
+    SDM630_EXPECTED,
+    SDM630_RAW,
+    Meter,
+    modbus_server,
+    register_image,
+)
 
 NOW = datetime(2026, 3, 2, 9, 30, 15, tzinfo=UTC)
-HOST = "127.0.0.1"
-
-# Raw values as each meter reports them (its own units), and what must come out.
-SDM630_RAW = {
-    "voltage": 231.25,
-    "current": 12.5,
-    "active_power": -1520.5,
-    "apparent_power": 2890.0,
-    "reactive_power": 410.75,
-    "power_factor": -0.875,
-    "frequency": 49.98,
-    "active_energy_import": 12345.5,
-}
-SDM630_EXPECTED = {
-    "voltage": (231.25, "V"),
-    "current": (12.5, "A"),
-    "active_power": (-1520.5, "W"),
-    "apparent_power": (2890.0, "VA"),
-    "reactive_power": (410.75, "var"),
-    "power_factor": (-0.875, "1"),
-    "frequency": (49.98, "Hz"),
-    "active_energy_import": (12_345_500.0, "Wh"),
-}
-IEM3000_RAW = {
-    "current": 41.5,
-    "voltage": 229.5,
-    "active_power": 27.25,
-    "reactive_power": -3.5,
-    "apparent_power": 28.125,
-    "frequency": 50.01,
-    "active_energy_import": 9_876_543_210,
-}
-IEM3000_EXPECTED = {
-    "current": (41.5, "A"),
-    "voltage": (229.5, "V"),
-    "active_power": (27_250.0, "W"),
-    "reactive_power": (-3_500.0, "var"),
-    "apparent_power": (28_125.0, "VA"),
-    "frequency": (50.01, "Hz"),
-    "active_energy_import": (9_876_543_210.0, "Wh"),
-}
-
-
-def register_image(
-    register_map: RegisterMap, raw: Mapping[str, float]
-) -> dict[str, dict[int, list[int]]]:
-    """Registers per type ("holding", "input") and address, encoded as the map says."""
-    image: dict[str, dict[int, list[int]]] = {"holding": {}, "input": {}}
-    for metric, value in raw.items():
-        register = register_map.metrics[metric]
-        image[register.register_type][register.address] = encode_raw(register, value)
-    return image
-
-
-@dataclass
-class Meter:
-    """What a test server does besides answering: count requests, refuse, or stall."""
-
-    requests: list[tuple[int, int, int]] = field(default_factory=list)
-    delay_s: float = 0.0
-
-    def trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
-        if not sending:
-            self.requests.append((pdu.function_code, pdu.address, pdu.count))
-        return pdu
-
-    async def action(self, *_args: Any) -> ExcCodes | None:
-        # A meter that is slow to answer, the way a busy serial gateway is.
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        return None
-
-
-def _sim_data(blocks: Mapping[int, list[int]]) -> list[SimData]:
-    entries = [
-        SimData(address, values=words, datatype=DataType.REGISTERS)
-        for address, words in sorted(blocks.items())
-    ]
-    # pymodbus wants every register table non-empty; this register is never read.
-    return entries or [SimData(65000, values=[0], datatype=DataType.REGISTERS)]
-
-
-@asynccontextmanager
-async def modbus_server(
-    port: int,
-    image: Mapping[str, Mapping[int, list[int]]],
-    *,
-    unit_id: int = 1,
-    meter: Meter | None = None,
-) -> AsyncIterator[Meter]:
-    meter = meter or Meter()
-    bits = [SimData(0, values=False, datatype=DataType.BITS)]
-    device = SimDevice(
-        id=unit_id,
-        simdata=(bits, list(bits), _sim_data(image["holding"]), _sim_data(image["input"])),
-        action=meter.action,
-    )
-    server = ModbusTcpServer(device, address=(HOST, port), trace_pdu=meter.trace)
-    await server.serve_forever(background=True)  # returns once the socket listens
-    try:
-        yield meter
-    finally:
-        await server.shutdown()
 
 
 @asynccontextmanager

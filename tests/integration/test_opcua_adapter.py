@@ -10,40 +10,25 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from asyncua import Server, ua
-from asyncua.common.node import Node
 from asyncua.ua.status_codes import StatusCodes
 
 from carbonflow.supervise import free_port
 from edge.adapters.base import MeterReadError
-from edge.adapters.opcua import UNECE_NAMESPACE, OpcUaAdapter, unece_unit_id
+from edge.adapters.opcua import OpcUaAdapter
 from edge.config import OpcUaDevice
 from schemas.telemetry import Quality, Reading
+from tests.meters import NAMESPACE, Plc, eventually, plc_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
-NAMESPACE = "urn:carbonflow-test:line2-plc"
 NOW = datetime(2025, 6, 4, 8, 0, 0, tzinfo=UTC)
 MEASURED_AT = datetime(2025, 6, 4, 7, 59, 58, 250000, tzinfo=UTC)
-
-# The PLC's variables: name -> (initial value, variant type, EngineeringUnits code or None).
-VARIABLES: dict[str, tuple[Any, ua.VariantType, str | None]] = {
-    "Energy.ActivePower_W": (0.0, ua.VariantType.Double, None),
-    "Energy.ImportedEnergy_kWh": (0.0, ua.VariantType.Double, "KWH"),
-    "Energy.Voltage_V": (0.0, ua.VariantType.Float, "VLT"),
-    "Energy.Current_mA": (0, ua.VariantType.Int32, None),
-    "Energy.Frequency_Hz": (50.0, ua.VariantType.Double, None),
-    "Energy.PowerFactor_pct": (0.0, ua.VariantType.Double, "P1"),
-    "Status.Mode": ("AUTO", ua.VariantType.String, None),
-    "Status.Running": (True, ua.VariantType.Boolean, None),
-}
 
 
 @pytest.fixture(scope="module")
@@ -51,82 +36,9 @@ def anyio_backend() -> str:
     return "asyncio"  # asyncua runs on asyncio; one event loop for the whole module
 
 
-@dataclass
-class Plc:
-    server: Server
-    endpoint: str
-    ns: int
-    nodes: dict[str, Node]
-    # NodesToRead of every Read request the server handled that touched the PLC's variables.
-    reads: list[list[str]] = field(default_factory=list)
-
-    def node(self, name: str) -> str:
-        return f"ns={self.ns};s=Line2.{name}"
-
-    async def set(
-        self,
-        name: str,
-        value: Any,
-        *,
-        status: int = StatusCodes.Good,
-        source_ts: datetime | None = None,
-    ) -> None:
-        variant_type = VARIABLES[name][1]
-        await self.nodes[name].write_value(
-            ua.DataValue(
-                ua.Variant(value, variant_type),
-                StatusCode=ua.StatusCode(status),
-                SourceTimestamp=source_ts,
-            )
-        )
-
-    def open_connections(self) -> int:
-        """Client connections the server holds open (one per session here)."""
-        return len(self.server.iserver.asyncio_transports)
-
-    async def without_clients(self) -> None:
-        """Wait until connections of earlier tests are gone on the server side too."""
-        await eventually(lambda: self.open_connections() == 0, "no client connected")
-
-
 @pytest.fixture(scope="module")
 async def plc() -> AsyncIterator[Plc]:
-    server = Server()
-    await server.init()
-    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/line2"
-    server.set_endpoint(endpoint)
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-    ns = await server.register_namespace(NAMESPACE)
-    line = await server.nodes.objects.add_object(ua.NodeId("Line2", ns), "Line2")
-    nodes: dict[str, Node] = {}
-    for name, (initial, variant_type, unit_code) in VARIABLES.items():
-        node = await line.add_variable(ua.NodeId(f"Line2.{name}", ns), name, initial, variant_type)
-        if unit_code is not None:
-            units = ua.EUInformation(
-                NamespaceUri=UNECE_NAMESPACE,
-                UnitId=unece_unit_id(unit_code),
-                DisplayName=ua.LocalizedText(unit_code),
-            )
-            await node.add_property(
-                ua.NodeId(f"Line2.{name}.EngineeringUnits", ns),
-                ua.QualifiedName("EngineeringUnits", 0),
-                units,
-            )
-        nodes[name] = node
-    plc = Plc(server, endpoint, ns, nodes)
-
-    # Observe (not alter) the server's Read service, to see how the adapter asks.
-    service = server.iserver.attribute_service
-    read = service.read
-
-    def observed_read(params: ua.ReadParameters) -> list[ua.DataValue]:
-        ids = [item.NodeId.to_string() for item in params.NodesToRead]
-        if any("Line2." in node_id for node_id in ids):
-            plc.reads.append(ids)
-        return read(params)
-
-    service.read = observed_read
-    async with server:
+    async with plc_server(f"opc.tcp://127.0.0.1:{free_port()}/line2") as plc:
         yield plc
 
 
@@ -158,15 +70,6 @@ async def adapter_for(device: OpcUaDevice) -> AsyncIterator[OpcUaAdapter]:
         yield adapter
     finally:
         await adapter.close()
-
-
-async def eventually(probe: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    """Poll a condition of the running loop's own state until it holds."""
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s}s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def energy_device(plc: Plc, endpoint: str | None = None, **kwargs: Any) -> OpcUaDevice:
