@@ -5,11 +5,11 @@ gateway (simulated meters) -> Mosquitto (a broker of this test's own, stopped an
 
 Scenario: the gateway runs; the broker stops; the gateway buffers, and is SIGKILLed with
 readings on disk; a second process on the same config and buffer polls on without a broker.
-The broker comes back under it and it publishes at once, without waiting for ingest to
-subscribe again (Mosquitto 2.0 restores ingest's persistent session but not its shared
-subscription, so the first batches reach no subscriber and must stay buffered); it is
-SIGKILLed too. A third process publishes what is left and is SIGKILLed mid-stream; a fourth
-publishes what that one left, runs, and is stopped cleanly.
+The broker comes back under it while ingest is stopped, and it publishes at once (Mosquitto
+2.0 restores ingest's persistent session but not its shared subscription, so batches reach
+no subscriber and must stay buffered until ingest is back); it is SIGKILLed too. A third
+process publishes what is left and is SIGKILLed mid-stream; a fourth publishes what that one
+left, runs, and is stopped cleanly.
 
 What the test expects, and how it knows: the simulated meters' readings are a pure function
 of (seed, device, time), so the test recomputes every value. Which instants were polled it
@@ -268,10 +268,27 @@ def test_every_polled_reading_is_stored_once_through_outage_and_kills(
         )
 
         # 4. The broker comes back under the running gateway, which publishes as soon as it
-        #    reconnects, whether ingest has subscribed again yet or not.
+        #    reconnects. Ingest is held back until the broker has answered "No matching
+        #    subscribers" at least once, so that path is always exercised: the batches must
+        #    stay buffered and go out once ingest has subscribed again.
+        assert ingest.stop() == 0, ingest.log_tail()
         broker.ensure_started()
         broker.wait_ready(30)
         broker_back = datetime.now(UTC)
+        wait_for(
+            lambda: (
+                True
+                if scrape(metrics_url).get("carbonflow_gateway_publish_unrouted_total", 0) >= 1
+                else None
+            ),
+            timeout_s=30,
+            what="batches that reached no subscriber after the broker's restart",
+            services=(second,),
+        )
+        ingest = ServiceProcess("ingest", log_dir, service_env, name="ingest-2", log_level="DEBUG")
+        cleanup.callback(ingest.stop)
+        wait_for_status(observer, "ingest", scope.ingest_client_id, "online", ingest)
+        pipeline = (ingest, stream)
         backlog = set(first.polls()) | {(d, ts) for d, ts in second.polls() if ts < broker_back}
         wait_for(
             lambda: True if {(d, ts) for d, _, ts, _ in rows()} >= backlog else None,
