@@ -16,14 +16,12 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Self, TypeAlias
+from typing import Annotated, Any, Final, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     SecretStr,
@@ -38,6 +36,7 @@ from edge.errors import EdgeError
 from edge.registermaps import RegisterMapError, load_register_map
 from edge.registermaps.units import conversion, source_units
 from edge.simulator.factory import MachineKind
+from edge.tables import Loc, StrictTable, format_problems, plain_message, rule_error
 from schemas.telemetry import IDENTIFIER_PATTERN, METRIC_UNITS, Identifier
 
 __all__ = [
@@ -74,9 +73,6 @@ _NODE_ID_PATTERN: Final = (
 _HOST_PATTERN: Final = r"^[^\s/:]+$|^\[[0-9A-Fa-f:.]+\]$"
 _REGISTER_MAP_SUFFIXES: Final = frozenset({".toml", ".json", ".csv"})
 _REDACTED: Final = "<redacted>"
-_RULE: Final = "config_rule"
-
-Loc: TypeAlias = tuple[str | int, ...]
 
 
 class ConfigFileError(EdgeError):
@@ -141,42 +137,10 @@ PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 # --- cross-field rules -------------------------------------------------------------------
 
 
-def _rule_error(loc: Loc, message: str, value: object) -> InitErrorDetails:
-    # The message goes through ctx so braces in it are never read as a template.
-    return InitErrorDetails(
-        type=PydanticCustomError(_RULE, "{message}", {"message": message}),
-        loc=loc,
-        input=value,
-    )
-
-
-class _Section(BaseModel):
-    """A table of the file. Rules spanning fields report at the field they blame."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _apply_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        model = handler(data)
-        problems = model._rule_problems()
-        if problems:
-            # Raised as a ValidationError so each problem keeps its own location, which
-            # pydantic then prefixes with the section's place in the file.
-            raise ValidationError.from_exception_data(
-                cls.__name__,
-                [_rule_error(loc, message, value) for loc, message, value in problems],
-            )
-        return model
-
-    def _rule_problems(self) -> list[tuple[Loc, str, object]]:
-        return []
-
-
 # --- broker ------------------------------------------------------------------------------
 
 
-class TlsSettings(_Section):
+class TlsSettings(StrictTable):
     """TLS to the broker. Without ``ca_file`` the system's trust store is used."""
 
     ca_file: ExistingFile | None = None
@@ -192,7 +156,7 @@ class TlsSettings(_Section):
         return []
 
 
-class BrokerSettings(_Section):
+class BrokerSettings(StrictTable):
     """The MQTT broker. The password is named here, never written here."""
 
     host: str = Field(min_length=1, max_length=253, pattern=_HOST_PATTERN)
@@ -262,7 +226,7 @@ class BrokerSettings(_Section):
 # --- buffering and publishing ------------------------------------------------------------
 
 
-class BufferSettings(_Section):
+class BufferSettings(StrictTable):
     """The on-disk buffer that holds readings until the broker acknowledges them."""
 
     path: ConfigPath
@@ -270,7 +234,7 @@ class BufferSettings(_Section):
     overflow_policy: Literal["drop_oldest", "reject_new"] = "drop_oldest"
 
 
-class PublishSettings(_Section):
+class PublishSettings(StrictTable):
     batch_interval_s: PositiveSeconds = 5.0
     max_batch_readings: int = Field(default=1000, ge=1, le=MAX_BATCH_READINGS)
 
@@ -278,7 +242,7 @@ class PublishSettings(_Section):
 # --- devices -----------------------------------------------------------------------------
 
 
-class BackoffSettings(_Section):
+class BackoffSettings(StrictTable):
     """Retry delays after a failed poll: initial_s, doubling (by multiplier) up to max_s."""
 
     initial_s: PositiveSeconds = 1.0
@@ -291,7 +255,7 @@ class BackoffSettings(_Section):
         return []
 
 
-class _DeviceBase(_Section):
+class _DeviceBase(StrictTable):
     device_id: Identifier
     metrics: Annotated[tuple[KnownMetric, ...], NonEmpty]
     poll_interval_s: PositiveSeconds
@@ -448,7 +412,7 @@ DeviceConfig = Annotated[
 # --- the file ----------------------------------------------------------------------------
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(StrictTable):
     """The whole gateway config file."""
 
     gateway_id: Identifier
@@ -463,7 +427,7 @@ class GatewayConfig(_Section):
     def _unique_device_ids(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
         # Checked on the raw tables so duplicates are reported together with every other
         # problem in the file, not only once the rest is fixed.
-        duplicates = [_rule_error(loc, msg, value) for loc, msg, value in _duplicate_ids(data)]
+        duplicates = [rule_error(loc, msg, value) for loc, msg, value in _duplicate_ids(data)]
         try:
             model = handler(data)
         except ValidationError as exc:
@@ -528,16 +492,6 @@ def _reinit(errors: list[ErrorDetails]) -> list[InitErrorDetails]:
 # --- turning validation errors into messages ---------------------------------------------
 
 
-def _format_loc(loc: Loc) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else part
-    return text or "(top level)"
-
-
 def _strip_union_tag(loc: Loc) -> Loc:
     # pydantic puts the discriminator's value into the location of a device's fields
     # (devices.2.modbus_tcp.port); the file has no such level.
@@ -545,8 +499,6 @@ def _strip_union_tag(loc: Loc) -> Loc:
         return (*loc[:2], *loc[3:])
     return loc
 
-
-_SHOULD = re.compile(r"^(Input|String|List|Tuple|Dictionary|Value|Object) should (be|have|match) ")
 
 # What each pattern means, in words an operator can act on.
 _PATTERN_MEANING: Final = {
@@ -564,36 +516,19 @@ def _describe(error: ErrorDetails) -> tuple[Loc, str]:
     loc: Loc = _strip_union_tag(tuple(error["loc"]))
     kind = error["type"]
     ctx = error.get("ctx") or {}
-    message = error["msg"]
     protocols = ", ".join(repr(name) for name in PROTOCOLS)
-    if kind == "missing":
-        message = "required"
-    elif kind == "extra_forbidden":
-        message = "unknown field"
-    elif kind == "union_tag_invalid":
-        loc = (*loc, "protocol")
-        message = f"must be one of {protocols} (got {ctx.get('tag')!r})"
-    elif kind == "union_tag_not_found":
-        loc = (*loc, "protocol")
-        message = f"required; one of {protocols}"
-    elif kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_MEANING:
-        message = f"{_PATTERN_MEANING[ctx['pattern']]} (got {error['input']!r})"
-    elif kind == "value_error":
-        message = message.removeprefix("Value error, ")
-    elif kind != _RULE:
-        message = _SHOULD.sub(r"must \2 ", message)
-    return loc, message
+    if kind == "union_tag_invalid":
+        return (*loc, "protocol"), f"must be one of {protocols} (got {ctx.get('tag')!r})"
+    if kind == "union_tag_not_found":
+        return (*loc, "protocol"), f"required; one of {protocols}"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_MEANING:
+        return loc, f"{_PATTERN_MEANING[ctx['pattern']]} (got {error['input']!r})"
+    return loc, plain_message(error)
 
 
 def format_validation_error(exc: ValidationError) -> list[str]:
     """One ``path.to.field: message`` line per problem, in file order, without duplicates."""
-    lines: list[str] = []
-    for error in exc.errors():
-        loc, message = _describe(error)
-        line = f"{_format_loc(loc)}: {message}"
-        if line not in lines:
-            lines.append(line)
-    return lines
+    return format_problems(exc, _describe)
 
 
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edge.registermaps.errors import RegisterMapError, format_problems
+from edge.registermaps.errors import RegisterMapError
 from edge.registermaps.model import RegisterMap
+from edge.tables import format_problems
 
 __all__ = ["builtin_map_names", "load_register_map"]
 

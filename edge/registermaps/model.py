@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, Final, Literal, Self, TypeAlias
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
-    ModelWrapValidatorHandler,
-    ValidationError,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edge.registermaps.units import UnitConversion, conversion, source_units
+from edge.tables import Loc, StrictTable
 from schemas.telemetry import METRIC_UNITS
 
 __all__ = [
@@ -70,9 +66,7 @@ REGISTER_COUNTS: Final[dict[str, int]] = {
 #: Metrics that are counters (they only grow); every other metric is a momentary value.
 CUMULATIVE_METRICS: Final = frozenset({"active_energy_import", "gas_volume"})
 
-_RULE: Final = "register_map_rule"
 Address = Annotated[int, Field(ge=0, le=MAX_ADDRESS)]
-Loc: TypeAlias = tuple[str | int, ...]
 
 
 def _known_metric(value: str) -> str:
@@ -84,11 +78,7 @@ def _known_metric(value: str) -> str:
 KnownMetric = Annotated[str, AfterValidator(_known_metric)]
 
 
-class _Table(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class MeterInfo(_Table):
+class MeterInfo(StrictTable):
     """Which meter the map is for, and the manufacturer document it was taken from."""
 
     manufacturer: str = Field(min_length=1)
@@ -96,7 +86,7 @@ class MeterInfo(_Table):
     source: str = Field(min_length=1, description="Manufacturer document name and version")
 
 
-class ReadLimits(_Table):
+class ReadLimits(StrictTable):
     """How the adapter may group registers into reads."""
 
     max_registers: int = Field(default=MODBUS_MAX_READ_REGISTERS, ge=1, le=125)
@@ -105,14 +95,14 @@ class ReadLimits(_Table):
     max_gap: int = Field(default=0, ge=0, le=MODBUS_MAX_READ_REGISTERS - 2)
 
 
-class ScaleExponentRegister(_Table):
+class ScaleExponentRegister(StrictTable):
     """A signed 16-bit register holding a power-of-ten exponent (SunSpec ``*_SF`` points)."""
 
     address: Address
     register_type: RegisterType
 
 
-class MetricDefaults(_Table):
+class MetricDefaults(StrictTable):
     """Values every metric of the map takes unless it sets its own."""
 
     register_type: RegisterType | None = None
@@ -121,7 +111,7 @@ class MetricDefaults(_Table):
     byte_order: ByteOrder | None = None
 
 
-class MetricRegister(_Table):
+class MetricRegister(StrictTable):
     """Where one metric lives and how its raw value becomes a canonical one.
 
     canonical value = unit conversion(raw * scale * 10 ** scale_exponent)
@@ -152,7 +142,7 @@ class MetricRegister(_Table):
         return self.address + self.register_count - 1
 
 
-class RegisterMap(_Table):
+class RegisterMap(StrictTable):
     """One meter model's register map (a built-in map or an operator's own file)."""
 
     meter: MeterInfo
@@ -176,25 +166,6 @@ class RegisterMap(_Table):
             for name, table in metrics.items()
         }
         return {**data, "metrics": merged}
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _apply_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        model = handler(data)
-        problems = model._rule_problems()
-        if problems:
-            raise ValidationError.from_exception_data(
-                cls.__name__,
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError(_RULE, "{message}", {"message": message}),
-                        loc=loc,
-                        input=value,
-                    )
-                    for loc, message, value in problems
-                ],
-            )
-        return model
 
     def _rule_problems(self) -> list[tuple[Loc, str, object]]:
         problems: list[tuple[Loc, str, object]] = []
