@@ -13,8 +13,11 @@ MQTT 5 in the same round (the variants take turns going first). The report gives
 over ``--rounds`` rounds, the publishers' own rate (so a reader can see that they are not
 the bottleneck), the CPU ingest used (cores, and CPU microseconds per message, which shifts
 least when other work competes for the cores), the load average and the machine's core
-count. To see where ingest's time goes, attach a sampling profiler (e.g. ``py-spy record
---pid``) to the ingest process while a round runs.
+count. It also gives the CPU microseconds per message of every part of each run (broker,
+Kafka, ingest, the C clients) and what they add up to: on a machine whose cores all of them
+share, cores divided by that sum is a rate no part of the run could pass
+(``cpu_bound_messages_per_s``). To see where ingest's time goes, attach a sampling
+profiler (e.g. ``py-spy record --pid``) to the ingest process while a round runs.
 
 Needs the local stack and the ``mosquitto-clients`` package (``mosquitto_pub``/``_sub``).
 The publishers act as their gateways, with credentials issued in the benchmark's own
@@ -34,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -252,7 +256,11 @@ async def _finish(processes: list[asyncio.subprocess.Process], timeout_s: float)
 
 
 async def measure_raw(
-    clients: CClients, round_: Round, topic_root: str, timeout_s: float
+    clients: CClients,
+    round_: Round,
+    topic_root: str,
+    timeout_s: float,
+    servers: Mapping[str, int],
 ) -> dict[str, float]:
     """Publishers -> Mosquitto -> one mosquitto_sub, the way ingest subscribes."""
     client_id = f"bench-raw-{uuid.uuid4().hex[:8]}"
@@ -261,11 +269,13 @@ async def measure_raw(
     # counting subscriber then takes the session over as the publishers start.
     await _finish([await clients.subscribe(client_id, topic_filter, "-E")], 30)
     try:
+        cpu = CpuMeter({"broker": servers["broker"]})
         t0 = time.perf_counter()
         subscriber = await clients.subscribe(client_id, topic_filter, "-C", str(round_.messages))
         publishers = await clients.publish(round_, topic_root)
         published = await _finish(publishers, timeout_s)
         received = await _finish([subscriber], timeout_s)
+        cpu_us = cpu.per_message_us(round_.messages)
     finally:
         # A clean start ends the session, so nothing is queued for it afterwards.
         forget = await clients.subscribe(client_id, topic_filter, "-E", persistent=False)
@@ -273,6 +283,7 @@ async def measure_raw(
     return {
         "messages_per_s": round_.messages / (received - t0),
         "publish_messages_per_s": round_.messages / (published - t0),
+        **{f"cpu_us_per_message_{part}": us for part, us in cpu_us.items()},
     }
 
 
@@ -310,6 +321,32 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _children_cpu_seconds() -> float:
+    """CPU time of this process's children that have exited (the Mosquitto C clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuMeter:
+    """CPU time each part of the pipeline spends during a measurement: where the machine's
+    cores go, per message. With every core busy, the sum bounds the rate any part can reach.
+    """
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._pids = dict(pids)
+        self._start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        now = {name: _cpu_seconds(pid) for name, pid in self._pids.items()}
+        now["mosquitto_clients"] = _children_cpu_seconds()
+        return now
+
+    def per_message_us(self, messages: int) -> dict[str, float]:
+        """CPU µs per message by part, since the meter was made (call once the clients exited)."""
+        end = self._now()
+        return {name: (end[name] - self._start[name]) / messages * 1e6 for name in end}
+
+
 async def measure_ingest(
     clients: CClients,
     round_: Round,
@@ -317,23 +354,24 @@ async def measure_ingest(
     readings: KafkaCounter,
     ingest: ServiceProcess,
     timeout_s: float,
+    servers: Mapping[str, int],
 ) -> dict[str, float]:
     """Publishers -> Mosquitto -> ingest -> Kafka, counted on the readings topic."""
     target = await readings.count() + round_.messages
-    cpu0 = _cpu_seconds(ingest.process.pid)
+    cpu = CpuMeter({**servers, "ingest": ingest.process.pid})
     t0 = time.perf_counter()
     publishers = await clients.publish(round_, topic_root)
     published_task = asyncio.ensure_future(_finish(publishers, timeout_s))
     arrived = await readings.wait_for(target, timeout_s, ingest)
-    cpu = _cpu_seconds(ingest.process.pid) - cpu0
     published = await published_task
+    cpu_us = cpu.per_message_us(round_.messages)
     elapsed = arrived - t0
     return {
         "messages_per_s": round_.messages / elapsed,
         "readings_per_s": round_.readings / elapsed,
         "publish_messages_per_s": round_.messages / (published - t0),
-        "ingest_cpu_cores": cpu / elapsed,
-        "ingest_cpu_us_per_message": cpu / round_.messages * 1e6,
+        "ingest_cpu_cores": cpu_us["ingest"] * round_.messages / 1e6 / elapsed,
+        **{f"cpu_us_per_message_{part}": us for part, us in cpu_us.items()},
     }
 
 
@@ -356,6 +394,7 @@ async def bench_batch_size(
     run: str,
     workdir: Path,
     ingests: Sequence[IngestUnderTest],
+    servers: Mapping[str, int],
 ) -> dict[str, Any]:
     """Rounds of: the raw broker rate, then each ingest variant, taking turns going first."""
     raw_root = f"cf-bench-raw-{run}-b{batch}/v1"
@@ -370,25 +409,37 @@ async def bench_batch_size(
         warmup = write_round(
             machines, batch, args.warmup_messages, datetime.now(UTC), f"w{run}b{batch}", workdir
         )
-        await measure_raw(clients, warmup, raw_root, args.timeout)
+        await measure_raw(clients, warmup, raw_root, args.timeout, servers)
         for ingest, readings in zip(ingests, counters, strict=True):
-            await measure_ingest(clients, warmup, ingest.topic_root, readings, ingest.process, 120)
+            await measure_ingest(
+                clients, warmup, ingest.topic_root, readings, ingest.process, 120, servers
+            )
         for k in range(args.rounds):
             end = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=k)
             round_ = write_round(machines, batch, messages, end, f"r{run}b{batch}k{k}", workdir)
-            raw = await measure_raw(clients, round_, raw_root, args.timeout)
+            raw = await measure_raw(clients, round_, raw_root, args.timeout, servers)
             measured: dict[str, dict[str, float]] = {}
             pairs = list(zip(ingests, counters, strict=True))
             turn = k % len(pairs)
             for ingest, readings in pairs[turn:] + pairs[:turn]:
                 measured[ingest.protocol] = await measure_ingest(
-                    clients, round_, ingest.topic_root, readings, ingest.process, args.timeout
+                    clients,
+                    round_,
+                    ingest.topic_root,
+                    readings,
+                    ingest.process,
+                    args.timeout,
+                    servers,
                 )
             for _, path in round_.files:
                 path.unlink()
             row = {
                 "raw_messages_per_s": raw["messages_per_s"],
                 "publish_messages_per_s_raw_run": raw["publish_messages_per_s"],
+                "raw_cpu_us_per_message_broker": raw["cpu_us_per_message_broker"],
+                "raw_cpu_us_per_message_mosquitto_clients": raw[
+                    "cpu_us_per_message_mosquitto_clients"
+                ],
                 # Everything shares the machine's cores: a load far above what this
                 # benchmark runs (about 2) means someone else was competing for them.
                 "load_average_1m": os.getloadavg()[0],
@@ -418,12 +469,19 @@ async def bench_batch_size(
 
 def _ingest_row(tag: str, through: dict[str, float], raw: dict[str, float]) -> dict[str, float]:
     """One ingest variant's figures of a round, named ``<tag>_...``."""
+    parts = {k: v for k, v in through.items() if k.startswith("cpu_us_per_message_")}
+    pipeline_us = sum(parts.values())
     return {
         f"{tag}_ingest_messages_per_s": through["messages_per_s"],
         f"{tag}_ingest_readings_per_s": through["readings_per_s"],
         f"{tag}_ratio": through["messages_per_s"] / raw["messages_per_s"],
         f"{tag}_ingest_cpu_cores": through["ingest_cpu_cores"],
-        f"{tag}_ingest_cpu_us_per_message": through["ingest_cpu_us_per_message"],
+        f"{tag}_ingest_cpu_us_per_message": through["cpu_us_per_message_ingest"],
+        **{f"{tag}_{k}": v for k, v in parts.items()},
+        # Publishers, broker, ingest and Kafka together: with every core busy on them, the
+        # rate could not pass this, however the work were scheduled.
+        f"{tag}_pipeline_cpu_us_per_message": pipeline_us,
+        f"{tag}_cpu_bound_messages_per_s": (os.cpu_count() or 1) * 1e6 / pipeline_us,
         f"{tag}_publish_messages_per_s_ingest_run": through["publish_messages_per_s"],
     }
 
@@ -467,6 +525,15 @@ def start_ingest(
     }
     process = ServiceProcess("ingest", workdir, env, name=client_id)
     return IngestUnderTest(protocol, process, topic_root, kafka)
+
+
+def _server_pids(stack: Stack) -> dict[str, int]:
+    """The broker's and Kafka's processes, whose CPU time the report includes."""
+    pids = {status.name: status.pid for status in stack.status()}
+    broker, kafka = pids.get("mosquitto"), pids.get("kafka")
+    if broker is None or kafka is None:
+        raise RuntimeError(f"the stack's Mosquitto and Kafka must be running: {pids}")
+    return {"broker": broker, "kafka": kafka}
 
 
 def _topics(kafka: KafkaSettings) -> list[str]:
@@ -520,6 +587,7 @@ def main() -> int:
             for gateway_id in layout.gateways()
         }
     stack.sync_mqtt_access()
+    servers = _server_pids(stack)
     # Ingest and the raw subscriber read as the platform services do.
     service = mqtt if mqtt.username else stack.service_mqtt_settings(mqtt)
 
@@ -546,7 +614,7 @@ def main() -> int:
                 results.append(
                     asyncio.run(
                         bench_batch_size(
-                            clients, layout, batch, messages, args, run, workdir, ingests
+                            clients, layout, batch, messages, args, run, workdir, ingests, servers
                         )
                     )
                 )

@@ -45,6 +45,8 @@ from carbonflow.mqtt_client import new_client
 from schemas import EventKind
 from services.ingest import metrics
 from services.ingest.devices import DeviceDirectory
+from services.ingest.kafka_out import PartitionedSender, Record
+from services.ingest.mqtt_loop import AsyncioNetworkLoop
 from services.ingest.router import MessageKind, MessageRouter, Routed
 from services.ingest.sequences import BatchSequences
 from services.ingest.settings import IngestSettings
@@ -80,13 +82,13 @@ class IngestBridge:
         self._unsubscribed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        inbox = Inbox(loop)
+        inbox = Inbox()
         producer = AIOKafkaProducer(
             bootstrap_servers=self._kafka.bootstrap_servers,
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
+            compression_type=_codec(self._settings.kafka_compression),
             max_batch_size=1024 * 1024,
             max_request_size=4 * 1024 * 1024,
         )
@@ -96,14 +98,12 @@ class IngestBridge:
             raise ServiceUnavailableError(
                 f"Kafka at {self._kafka.bootstrap_servers}: {exc}"
             ) from exc
-        client = self._mqtt_client(
-            inbox.put, lambda: loop.call_soon_threadsafe(self._unsubscribed.set)
-        )
+        network: AsyncioNetworkLoop | None = None
         end_session = False
         try:
             await self._devices.refresh()
-            await asyncio.to_thread(self._session.connect, client)
-            client.loop_start()
+            client = self._mqtt_client(self._unsubscribed.set)
+            network = await self._session.open(client, inbox.put)
             logger.info(
                 "ingest %s: MQTT %s:%s (MQTT %s) -> Kafka %s",
                 self._settings.client_id,
@@ -115,16 +115,17 @@ class IngestBridge:
             in_flight: asyncio.Queue[InFlight | None] = asyncio.Queue(
                 maxsize=self._settings.batches_in_flight
             )
-            acker = asyncio.ensure_future(self._acknowledge(producer, client, in_flight, stop))
+            sender = PartitionedSender(producer)
+            acker = asyncio.ensure_future(self._acknowledge(sender, network, in_flight, stop))
             interrupt = asyncio.ensure_future(_interrupt_on(stop, inbox))
             try:
                 while not stop.is_set():
                     batch = await inbox.take(self._settings.batch_max_messages)
                     if batch:
-                        await _put(in_flight, await self._send(producer, batch), acker)
+                        await _put(in_flight, await self._send(sender, batch), acker)
                 drained = False
                 if self._settings.retire_on_stop:
-                    drained = await self._retire(client, producer, inbox, in_flight, acker)
+                    drained = await self._retire(network, sender, inbox, in_flight, acker)
                 await _put(in_flight, None, acker)
                 all_acknowledged = await acker
                 end_session = drained and all_acknowledged
@@ -132,16 +133,20 @@ class IngestBridge:
                 interrupt.cancel()
                 acker.cancel()
         finally:
-            client.publish(self._status_topic, _status_payload("offline"), qos=1, retain=True)
-            if end_session:
-                logger.info("retired: ending the MQTT session, the broker forgets this instance")
-            await asyncio.to_thread(self._session.close, client, end=end_session)
+            if network is not None:
+                if network.connected:
+                    network.client.publish(
+                        self._status_topic, _status_payload("offline"), qos=1, retain=True
+                    )
+                if end_session:
+                    logger.info("retired: ending the MQTT session, the broker forgets it")
+                await self._session.close(network, end=end_session)
             await producer.stop()
 
     async def _retire(
         self,
-        client: mqtt.Client,
-        producer: AIOKafkaProducer,
+        network: AsyncioNetworkLoop,
+        sender: PartitionedSender,
         inbox: Inbox,
         in_flight: asyncio.Queue[InFlight | None],
         acker: asyncio.Future[bool],
@@ -153,7 +158,10 @@ class IngestBridge:
         """
         shared = [topic for topic in self._subscriptions() if topic.startswith("$share/")]
         logger.info("retiring: leaving %s", ", ".join(shared))
-        result, _mid = client.unsubscribe(shared)
+        if not network.connected:
+            logger.warning("retiring: not connected to the broker; keeping the session")
+            return False
+        result, _mid = network.client.unsubscribe(shared)
         if result != mqtt.MQTT_ERR_SUCCESS:
             logger.warning("retiring: could not unsubscribe (%s); keeping the session", result)
             return False
@@ -164,7 +172,7 @@ class IngestBridge:
             unsubscribed = unsubscribed or self._unsubscribed.is_set()
             batch = await inbox.take(settings.batch_max_messages, timeout_s=settings.retire_quiet_s)
             if batch:
-                await _put(in_flight, await self._send(producer, batch), acker)
+                await _put(in_flight, await self._send(sender, batch), acker)
             elif unsubscribed:
                 # The broker confirmed the unsubscribe, and nothing came for the quiet period:
                 # what it had queued for us has arrived.
@@ -174,9 +182,8 @@ class IngestBridge:
         )
         return False
 
-    def _mqtt_client(
-        self, deliver: Callable[[mqtt.MQTTMessage], None], unsubscribed: Callable[[], object]
-    ) -> mqtt.Client:
+    def _mqtt_client(self, unsubscribed: Callable[[], object]) -> mqtt.Client:
+        """The client with its last will and callbacks (they run on the event loop)."""
         client = self._session.new_client(manual_ack=True)
         subscriptions = self._subscriptions()
         # Presence: retained "online" once subscribed, "offline" by last will or on shutdown.
@@ -186,7 +193,7 @@ class IngestBridge:
             client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
         ) -> None:
             if reason.is_failure:
-                # e.g. bad credentials: say so loudly; paho keeps retrying the connection.
+                # e.g. bad credentials: said loudly, while reconnecting keeps trying.
                 logger.error("MQTT broker refused the connection: %s", reason)
                 return
             logger.info("MQTT connected; subscribing %s", ", ".join(subscriptions))
@@ -197,9 +204,6 @@ class IngestBridge:
         ) -> None:
             client.publish(self._status_topic, _status_payload("online"), qos=1, retain=True)
 
-        def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
-            deliver(message)
-
         def on_unsubscribe(
             _c: mqtt.Client, _u: object, _mid: int, _codes: object, _p: object
         ) -> None:
@@ -207,7 +211,6 @@ class IngestBridge:
 
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
-        client.on_message = on_message
         client.on_unsubscribe = on_unsubscribe
         return client
 
@@ -227,26 +230,23 @@ class IngestBridge:
             *sparkplug_data,
         ]
 
-    async def _send(self, producer: AIOKafkaProducer, batch: list[mqtt.MQTTMessage]) -> InFlight:
+    async def _send(self, sender: PartitionedSender, batch: list[Delivered]) -> InFlight:
         """Route a batch and hand everything made of it to the Kafka producer."""
         received_at = datetime.now(UTC)
-        wanted = {device for msg in batch if (device := self._router.device_of(msg.topic))}
+        wanted = {device for _, msg in batch if (device := self._router.device_of(msg.topic))}
         await self._devices.refresh_if_stale(wanted=wanted)
         started = time.perf_counter()
         tally = metrics.BatchTally()
-        sends: list[tuple[str, bytes, bytes]] = []
+        sends: list[Record] = []
         commands: list[tuple[str, bytes]] = []
         readings_topic = self._kafka.readings_topic
-        for msg in batch:
+        for _, msg in batch:
             routed = self._router.route(
                 msg.topic, bytes(msg.payload), received_at=received_at, known_devices=self._devices
             )
             _count(routed, tally)
-            prebuilt = routed.first_record_json
-            for record in routed.records:
-                value = prebuilt if prebuilt is not None else record.model_dump_json().encode()
-                prebuilt = None
-                sends.append((readings_topic, record.device_id.encode(), value))
+            for accepted in routed.batches:
+                sends.append((readings_topic, accepted.device_id.encode(), accepted.value))
             for reject in routed.rejects:
                 logger.info("dead letter %s: %s (%s)", reject.reason, reject.detail, msg.topic)
                 key = (reject.device_id or "").encode()
@@ -261,7 +261,7 @@ class IngestBridge:
         tally.flush()
         sent = InFlight(batch, sends, commands, started)
         try:
-            sent.acks = [await producer.send(t, key=k, value=v) for t, k, v in sends]
+            sent.acks = await sender.send(sends)
         except KafkaError as exc:
             # Settled (retried or given up) in order, like a send whose acknowledgement failed.
             sent.error = exc
@@ -269,8 +269,8 @@ class IngestBridge:
 
     async def _acknowledge(
         self,
-        producer: AIOKafkaProducer,
-        client: mqtt.Client,
+        sender: PartitionedSender,
+        network: AsyncioNetworkLoop,
         in_flight: asyncio.Queue[InFlight | None],
         stop: asyncio.Event,
     ) -> bool:
@@ -280,7 +280,7 @@ class IngestBridge:
         batch was acknowledged (False: some were left for the broker to deliver again).
         """
         while (sent := await in_flight.get()) is not None:
-            if not await self._settle(producer, sent, stop):
+            if not await self._settle(sender, sent, stop):
                 logger.warning(
                     "stopping: %d messages left unacknowledged for redelivery", len(sent.batch)
                 )
@@ -288,20 +288,22 @@ class IngestBridge:
                 while await in_flight.get() is not None:
                     pass
                 return False
-            for msg in sent.batch:
+            for connection, msg in sent.batch:
+                # Messages of a lost connection are not acknowledged: the broker delivers
+                # them again, and the stream's idempotent writes absorb the repeat.
                 if msg.qos > 0:
-                    client.ack(msg.mid, msg.qos)
+                    network.ack(msg.mid, msg.qos, connection)
             metrics.FORWARD_SECONDS.observe(time.perf_counter() - sent.started)
             for topic, payload in sent.commands:
-                # Sparkplug: host commands (NCMD) go at QoS 0 and are never retained.
-                logger.info("asking for a Sparkplug rebirth on %s", topic)
-                client.publish(topic, payload, qos=0, retain=False)
-                metrics.SPARKPLUG_REBIRTH_REQUESTS.inc()
+                # Sparkplug: host commands (NCMD) go at QoS 0 and are never retained; one
+                # lost while disconnected is asked again on the node's next unborn data.
+                if network.connected:
+                    logger.info("asking for a Sparkplug rebirth on %s", topic)
+                    network.client.publish(topic, payload, qos=0, retain=False)
+                    metrics.SPARKPLUG_REBIRTH_REQUESTS.inc()
         return True
 
-    async def _settle(
-        self, producer: AIOKafkaProducer, sent: InFlight, stop: asyncio.Event
-    ) -> bool:
+    async def _settle(self, sender: PartitionedSender, sent: InFlight, stop: asyncio.Event) -> bool:
         """Wait for Kafka to acknowledge a batch, sending it again after retriable errors."""
         error = sent.error
         if error is None:
@@ -324,8 +326,7 @@ class IngestBridge:
                 before_sleep=_log_kafka_retry,
             ):
                 with attempt:
-                    futures = [await producer.send(t, key=k, value=v) for t, k, v in sent.sends]
-                    await asyncio.gather(*futures)
+                    await asyncio.gather(*await sender.send(sent.sends))
         except RetryError:
             return False
         return True
@@ -361,36 +362,48 @@ class BrokerSession:
             **options,
         )
 
-    def connect(self, client: mqtt.Client) -> None:
-        """Open the connection (blocking); CONNACK comes to ``on_connect``."""
-        options: dict[str, Any] = {}
-        if self._v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = self._session_expiry_s
-            properties.ReceiveMaximum = self._receive_maximum
-            options = {"clean_start": False, "properties": properties}
-        try:
-            client.connect(
-                self._mqtt.host, self._mqtt.broker_port, keepalive=self._mqtt.keepalive_s, **options
-            )
-        except OSError as exc:
-            raise ServiceUnavailableError(
-                f"MQTT at {self._mqtt.host}:{self._mqtt.port}: {exc}"
-            ) from exc
+    async def open(
+        self, client: mqtt.Client, deliver: Callable[[Delivered], None]
+    ) -> AsyncioNetworkLoop:
+        """Connect ``client`` with its network I/O on the running event loop; returns once
+        the broker has accepted (on_connect has run), reconnecting by itself afterwards.
 
-    def close(self, client: mqtt.Client, *, end: bool) -> None:
-        """Disconnect (blocking) and stop the network loop; ``end`` also ends the session."""
+        Messages go to ``deliver`` with the number of the connection they came on, which
+        their acknowledgement must go back on.
+        """
+        network = AsyncioNetworkLoop(client)
+
+        def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+            deliver((network.connection, message))
+
+        client.on_message = on_message
+        await network.connect(
+            self._mqtt.host, self._mqtt.broker_port, self._mqtt.keepalive_s, **self._options()
+        )
+        return network
+
+    async def close(self, network: AsyncioNetworkLoop, *, end: bool) -> None:
+        """Disconnect after what is queued (acknowledgements first); ``end`` also ends the
+        session."""
         properties = None
         if end and self._v5:
             properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 0
-        client.disconnect(properties=properties)
-        client.loop_stop()
+        await network.close(properties=properties)
         if end and not self._v5:
-            self._discard()
+            await asyncio.to_thread(self._discard)
+
+    def _options(self) -> dict[str, Any]:
+        if not self._v5:
+            return {}
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._session_expiry_s
+        properties.ReceiveMaximum = self._receive_maximum
+        return {"clean_start": False, "properties": properties}
 
     def _discard(self, timeout_s: float = 10.0) -> None:
-        """MQTT 3.1.1: connect once with a clean session, which discards the kept one."""
+        """MQTT 3.1.1 (blocking): connect once with a clean session, which discards the
+        kept one."""
         client = self.new_client(clean=True)
         accepted = threading.Event()
 
@@ -404,8 +417,8 @@ class BrokerSession:
 
         client.on_connect = on_connect
         try:
-            self.connect(client)
-        except ServiceUnavailableError as exc:
+            client.connect(self._mqtt.host, self._mqtt.broker_port, self._mqtt.keepalive_s)
+        except OSError as exc:
             logger.warning("could not end the MQTT session (%s); the broker expires it", exc)
             return
         client.loop_start()
@@ -417,12 +430,16 @@ class BrokerSession:
             client.loop_stop()
 
 
+#: An MQTT message, with the number of the connection it came on (see AsyncioNetworkLoop).
+Delivered = tuple[int, mqtt.MQTTMessage]
+
+
 @dataclass(slots=True)
 class InFlight:
     """A batch of MQTT messages whose records were handed to Kafka, awaiting its acks."""
 
-    batch: list[mqtt.MQTTMessage]
-    sends: list[tuple[str, bytes, bytes]]  # (topic, key, value)
+    batch: list[Delivered]
+    sends: list[Record]
     commands: list[tuple[str, bytes]]
     started: float
     acks: list[asyncio.Future[object]] = field(default_factory=list)
@@ -430,42 +447,30 @@ class InFlight:
 
 
 class Inbox:
-    """MQTT messages from paho's network thread to the event loop, with one wake-up of the
-    loop per burst instead of one per message."""
+    """MQTT messages from paho's callbacks to the batching loop, both on the event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._pending: deque[mqtt.MQTTMessage] = deque()
-        self._wake_scheduled = False
+    def __init__(self) -> None:
+        self._pending: deque[Delivered] = deque()
         self._ready = asyncio.Event()
 
-    def put(self, message: mqtt.MQTTMessage) -> None:
-        """Called on paho's thread. The flag is cleared on the loop before it looks at the
-        queue, so a message is never left behind without a wake-up to come for it."""
-        self._pending.append(message)
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
-            self._loop.call_soon_threadsafe(self._wake)
-
-    def _wake(self) -> None:
-        self._wake_scheduled = False
+    def put(self, delivered: Delivered) -> None:
+        self._pending.append(delivered)
         self._ready.set()
 
     def interrupt(self) -> None:
         """Make a waiting ``take`` return (empty if nothing came)."""
         self._ready.set()
 
-    async def take(self, limit: int, timeout_s: float | None = None) -> list[mqtt.MQTTMessage]:
+    async def take(self, limit: int, timeout_s: float | None = None) -> list[Delivered]:
         """Up to ``limit`` messages once there is one; empty after ``timeout_s`` or an
         interrupt."""
         if not self._pending:
             self._ready.clear()
-            if not self._pending:
-                try:
-                    async with asyncio.timeout(timeout_s):
-                        await self._ready.wait()
-                except TimeoutError:
-                    return []
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._ready.wait()
+            except TimeoutError:
+                return []
         pending = self._pending
         return [pending.popleft() for _ in range(min(limit, len(pending)))]
 
@@ -513,8 +518,8 @@ def _count(routed: Routed, tally: metrics.BatchTally) -> None:
         tally.inc(metrics.PRESENCE_MESSAGES)
     elif routed.kind is MessageKind.SPARKPLUG:
         tally.inc(metrics.SPARKPLUG_MESSAGES, 1, routed.sparkplug_type or "invalid")
-    for record in routed.records:
-        tally.inc(metrics.READINGS_FORWARDED, len(record.readings))
+    for accepted in routed.batches:
+        tally.inc(metrics.READINGS_FORWARDED, accepted.reading_count)
     for reject in routed.rejects:
         tally.inc(metrics.DEAD_LETTERS, 1, reject.reason.value)
     for event in routed.events:
@@ -524,6 +529,10 @@ def _count(routed: Routed, tally: metrics.BatchTally) -> None:
             tally.inc(metrics.SEQUENCE_GAPS, missing, event.source_kind.value)
     for why, count in routed.skipped.items():
         tally.inc(metrics.SPARKPLUG_METRICS_SKIPPED, count, why)
+
+
+def _codec(compression: str) -> str | None:
+    return None if compression == "none" else compression
 
 
 def _log_kafka_retry_of(error: KafkaError) -> None:

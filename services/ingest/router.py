@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from schemas import DeadLetterReason, DeadLetterRecord, DeviceEvent, ReadingsRecord
+from schemas import DeadLetterReason, DeadLetterRecord, DeviceEvent
+from services.ingest.accepted import AcceptedBatch
 from services.ingest.presence import presence_outcome
 from services.ingest.sequences import BatchSequences
 from services.ingest.sparkplug.host import SparkplugHost
@@ -31,15 +32,12 @@ class MessageKind(StrEnum):
 @dataclass(slots=True)
 class Routed:
     kind: MessageKind
-    records: list[ReadingsRecord] = field(default_factory=list)
+    batches: list[AcceptedBatch] = field(default_factory=list)
     rejects: list[DeadLetterRecord] = field(default_factory=list)
     events: list[DeviceEvent] = field(default_factory=list)
     commands: list[tuple[str, bytes]] = field(default_factory=list)  # MQTT (topic, payload)
     sparkplug_type: str | None = None
     skipped: Counter[str] = field(default_factory=Counter)
-    #: The Kafka value of ``records[0]`` when it came without re-serialising (clean JSON
-    #: telemetry, which makes exactly one record), else None.
-    first_record_json: bytes | None = None
 
 
 class MessageRouter:
@@ -92,7 +90,7 @@ class MessageRouter:
             )
             return Routed(
                 MessageKind.SPARKPLUG,
-                records=outcome.records,
+                batches=[AcceptedBatch.of(record) for record in outcome.records],
                 rejects=outcome.rejects,
                 events=outcome.events,
                 commands=outcome.commands,
@@ -119,13 +117,12 @@ class MessageRouter:
             topic_device_id=device_from_topic(topic, self._root),
             policy=self._policy,
         )
-        routed = Routed(
-            MessageKind.TELEMETRY, rejects=outcome.rejects, first_record_json=outcome.record_json
-        )
-        if outcome.record is not None:
-            routed.records.append(outcome.record)
+        routed = Routed(MessageKind.TELEMETRY, rejects=outcome.rejects)
+        accepted = outcome.accepted
+        if accepted is not None:
+            routed.batches.append(accepted)
             if self._sequences is not None:
-                gap = self._sequences.observe(outcome.record, topic=topic, received_at=received_at)
+                gap = self._sequences.observe(accepted, topic=topic, received_at=received_at)
                 if gap is not None:
                     routed.events.append(gap)
         return routed

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from schemas import DeviceEvent, EventKind, ReadingsRecord, SourceKind
+from schemas import DeviceEvent, EventKind, SourceKind
+from services.ingest.accepted import AcceptedBatch
 
 
 class BatchSequences:
@@ -23,7 +24,7 @@ class BatchSequences:
         self._last: dict[str, tuple[str, int]] = {}  # device -> (session, highest seq)
 
     def observe(
-        self, record: ReadingsRecord, *, topic: str, received_at: datetime
+        self, record: AcceptedBatch, *, topic: str, received_at: datetime
     ) -> DeviceEvent | None:
         last = self._last.get(record.device_id)
         if last is None or last[0] != record.session_id:

@@ -4,9 +4,9 @@ Pure domain code: the caller passes the clock reading and the device directory. 
 reading is rejected on its own; the valid readings next to it go through.
 
 Two paths with one outcome: a message that is valid through and through (nearly all of them)
-is parsed and validated in one native pass by pydantic-core; anything that pass or the
-platform's rules object to is examined again reading by reading, which names each problem and
-keeps the valid neighbours.
+is recognised in one native pass (``fastpath``); anything that pass declines is examined here
+reading by reading against the contract's pydantic models, which names each problem and keeps
+the valid neighbours.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any, Final
 
 from annotated_types import MaxLen
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from schemas import (
     METRIC_UNITS,
@@ -30,6 +30,8 @@ from schemas import (
     ReadingsRecord,
     TelemetryBatch,
 )
+from services.ingest.accepted import AcceptedBatch
+from services.ingest.fastpath import Window, clean_batch
 
 #: The contract's limit on readings per batch, read from the model so the two cannot drift.
 MAX_READINGS: Final = next(
@@ -49,15 +51,10 @@ class ValidationPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A record to forward (``None`` when nothing in the message was valid) and the rejects.
+    """The batch to forward (``None`` when nothing in the message was valid) and the rejects."""
 
-    ``record_json`` is the record's Kafka value when it could be had without serialising the
-    record again (a message valid through and through), else None.
-    """
-
-    record: ReadingsRecord | None
+    accepted: AcceptedBatch | None
     rejects: list[DeadLetterRecord] = field(default_factory=list)
-    record_json: bytes | None = None
 
 
 def validate_message(
@@ -75,7 +72,16 @@ def validate_message(
     message can never stop the service (and be redelivered to stop it again).
     """
     try:
-        return _validate(
+        if len(payload) <= policy.max_payload_bytes:
+            clean = clean_batch(
+                payload,
+                window=_window(received_at, policy),
+                known_devices=known_devices,
+                topic_device_id=topic_device_id,
+            )
+            if clean is not None:
+                return Outcome(clean)
+        return examine(
             topic,
             payload,
             received_at=received_at,
@@ -94,7 +100,13 @@ def validate_message(
         return Outcome(None, [reject])
 
 
-def _validate(
+@lru_cache(maxsize=8)
+def _window(received_at: datetime, policy: ValidationPolicy) -> Window:
+    # A whole burst of messages shares one received_at: work its window out once.
+    return Window.around(received_at, max_age=policy.max_age, max_future=policy.max_future)
+
+
+def examine(
     topic: str,
     payload: bytes,
     *,
@@ -103,6 +115,8 @@ def _validate(
     topic_device_id: str | None,
     policy: ValidationPolicy,
 ) -> Outcome:
+    """The slow path alone: the message checked against the contract reading by reading."""
+
     def reject(
         reason: DeadLetterReason,
         detail: str,
@@ -124,15 +138,6 @@ def _validate(
     if len(payload) > policy.max_payload_bytes:
         detail = f"{len(payload)} bytes; at most {policy.max_payload_bytes} are accepted"
         return Outcome(None, [reject(DeadLetterReason.PAYLOAD_TOO_LARGE, detail)])
-    clean = _clean_batch(
-        payload,
-        received_at=received_at,
-        known_devices=known_devices,
-        topic_device_id=topic_device_id,
-        policy=policy,
-    )
-    if clean is not None:
-        return Outcome(clean, record_json=spliced_record_json(payload, received_at))
     try:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -176,69 +181,7 @@ def _validate(
     record = ReadingsRecord.model_construct(
         **envelope.model_dump(exclude={"readings"}), readings=accepted, received_at=received_at
     )
-    return Outcome(record, rejects)
-
-
-_ENVELOPE_FIELDS: Final = tuple(name for name in TelemetryBatch.model_fields if name != "readings")
-
-
-def _clean_batch(
-    payload: bytes,
-    *,
-    received_at: datetime,
-    known_devices: Container[str],
-    topic_device_id: str | None,
-    policy: ValidationPolicy,
-) -> ReadingsRecord | None:
-    """The record of a message with nothing wrong in it, or None to look at it closely.
-
-    Accepts exactly what the per-reading path would accept whole; for anything else it
-    declines, and that path decides (so the two cannot disagree on a reject).
-    """
-    try:
-        batch = TelemetryBatch.model_validate_json(payload)
-    except ValidationError:
-        return None
-    if topic_device_id is not None and topic_device_id != batch.device_id:
-        return None
-    if batch.device_id not in known_devices:
-        return None
-    readings = batch.readings
-    # The readings of a batch usually share one tzinfo object, which makes min and max cheap;
-    # comparing with the window's bounds (another tzinfo) costs far more, so only twice.
-    stamps = [reading.ts for reading in readings]
-    if min(stamps) < received_at - policy.max_age or max(stamps) > received_at + policy.max_future:
-        return None
-    units = METRIC_UNITS
-    if any(units.get(reading.metric) != reading.unit for reading in readings):
-        return None
-    envelope = {name: getattr(batch, name) for name in _ENVELOPE_FIELDS}
-    return ReadingsRecord.model_construct(**envelope, readings=readings, received_at=received_at)
-
-
-_JSON_WHITESPACE: Final = b" \t\r\n"
-_DATETIME: Final = TypeAdapter(datetime)
-
-
-@lru_cache(maxsize=8)
-def _datetime_json(moment: datetime) -> bytes:
-    # A whole burst of messages shares one received_at: encode it once.
-    return _DATETIME.dump_json(moment)
-
-
-def spliced_record_json(payload: bytes, received_at: datetime) -> bytes | None:
-    """The ReadingsRecord of a payload that validated whole as a TelemetryBatch, as JSON:
-    the payload itself with ``received_at`` added before its closing brace.
-
-    Valid JSON because the payload is a JSON object with at least the batch's required
-    members; TelemetryBatch forbids unknown keys, so the payload has no ``received_at`` of
-    its own. Duplicate keys parse as the last one wins, downstream exactly as here.
-    Re-serialising the record would cost more than validating it.
-    """
-    body = payload.rstrip(_JSON_WHITESPACE)
-    if not body.endswith(b"}"):
-        return None
-    return b"".join((body[:-1], b',"received_at":', _datetime_json(received_at), b"}"))
+    return Outcome(AcceptedBatch.of(record), rejects)
 
 
 _PLACEHOLDER = {"ts": "2000-01-01T00:00:00Z", "metric": "active_power", "value": 0, "unit": "W"}

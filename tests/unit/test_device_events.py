@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from schemas import DeviceEvent, EventKind, Reading, ReadingsRecord, SourceKind
 from schemas.export import JSON_DIR
+from services.ingest.accepted import AcceptedBatch
 from services.ingest.sequences import BatchSequences
 
 NOW = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
@@ -65,16 +66,18 @@ def test_exported_schema_agrees_with_the_model() -> None:
         assert list(validator.iter_errors(bad)), bad
 
 
-def record(seq: int, session: str = "s1", device: str = "m-1") -> ReadingsRecord:
+def record(seq: int, session: str = "s1", device: str = "m-1") -> AcceptedBatch:
     ts = NOW - timedelta(minutes=10) + timedelta(seconds=seq)
-    return ReadingsRecord(
-        gateway_id="gw-1",
-        device_id=device,
-        session_id=session,
-        seq=seq,
-        sent_at=ts,
-        readings=[Reading(ts=ts, metric="active_power", value=1.0, unit="W")],
-        received_at=NOW,
+    return AcceptedBatch.of(
+        ReadingsRecord(
+            gateway_id="gw-1",
+            device_id=device,
+            session_id=session,
+            seq=seq,
+            sent_at=ts,
+            readings=[Reading(ts=ts, metric="active_power", value=1.0, unit="W")],
+            received_at=NOW,
+        )
     )
 
 

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schemas import ReadingsRecord
-from services.ingest.validation import ValidationPolicy, spliced_record_json, validate_message
+from schemas import ReadingsRecord, TelemetryBatch
+from services.ingest.fastpath import spliced_record_json
+from services.ingest.validation import ValidationPolicy, validate_message
 
 NOW = datetime(2026, 11, 29, 8, 0, 0, 123456, tzinfo=UTC)
 TOPIC = "cf/v1/telemetry/gw-1/press-01"
@@ -40,6 +41,7 @@ def payload_text(*, quality: bool = True) -> str:
 
 
 def forward(payload: bytes) -> tuple[ReadingsRecord, bytes]:
+    """The record the contract makes of a clean payload, and the Kafka value ingest sends."""
     outcome = validate_message(
         TOPIC,
         payload,
@@ -49,9 +51,12 @@ def forward(payload: bytes) -> tuple[ReadingsRecord, bytes]:
         policy=ValidationPolicy(),
     )
     assert outcome.rejects == []
-    assert outcome.record is not None
-    assert outcome.record_json is not None, "a clean batch should not be serialised again"
-    return outcome.record, outcome.record_json
+    assert outcome.accepted is not None
+    assert outcome.accepted.value == spliced_record_json(payload, NOW), (
+        "a clean batch should not be serialised again"
+    )
+    batch = TelemetryBatch.model_validate_json(payload)
+    return ReadingsRecord(**dict(batch), received_at=NOW), outcome.accepted.value
 
 
 @pytest.mark.parametrize(
@@ -90,8 +95,10 @@ def test_a_batch_with_a_reject_is_serialised_from_the_record() -> None:
         policy=ValidationPolicy(),
     )
     assert len(outcome.rejects) == 1
-    assert outcome.record is not None
-    assert outcome.record_json is None
+    assert outcome.accepted is not None
+    assert outcome.accepted.value != spliced_record_json(json.dumps(document).encode(), NOW)
+    record = ReadingsRecord.model_validate_json(outcome.accepted.value)
+    assert len(record.readings) == len(document["readings"]) - 1
 
 
 def test_received_at_is_not_an_accepted_payload_key() -> None:
@@ -105,8 +112,7 @@ def test_received_at_is_not_an_accepted_payload_key() -> None:
         topic_device_id="press-01",
         policy=ValidationPolicy(),
     )
-    assert outcome.record is None
-    assert outcome.record_json is None
+    assert outcome.accepted is None
 
 
 def test_not_an_object_is_not_spliced() -> None:

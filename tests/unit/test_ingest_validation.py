@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from schemas import DeadLetterReason
+from schemas import DeadLetterReason, ReadingsRecord
 from services.ingest.validation import (
     MAX_READINGS,
+    Outcome,
     ValidationPolicy,
     device_from_topic,
     validate_message,
@@ -49,12 +50,21 @@ def check(payload: bytes, topic_device: str | None = "press-01"):  # type: ignor
     )
 
 
+def forwarded(outcome: Outcome) -> ReadingsRecord:
+    """The record as the stream will decode it from Kafka."""
+    assert outcome.accepted is not None
+    record = ReadingsRecord.model_validate_json(outcome.accepted.value)
+    assert outcome.accepted.reading_count == len(record.readings)
+    assert outcome.accepted.device_id == record.device_id
+    return record
+
+
 def test_valid_batch_is_forwarded_whole() -> None:
     outcome = check(message([reading(-2), reading(-1)]))
     assert outcome.rejects == []
-    assert outcome.record is not None
-    assert outcome.record.received_at == NOW
-    assert [r.value for r in outcome.record.readings] == [1500.0, 1500.0]
+    record = forwarded(outcome)
+    assert record.received_at == NOW
+    assert [r.value for r in record.readings] == [1500.0, 1500.0]
 
 
 @pytest.mark.parametrize(
@@ -69,14 +79,14 @@ def test_valid_batch_is_forwarded_whole() -> None:
 )
 def test_whole_message_rejects(payload: bytes, reason: DeadLetterReason) -> None:
     outcome = check(payload)
-    assert outcome.record is None
+    assert outcome.accepted is None
     assert [r.reason for r in outcome.rejects] == [reason]
     assert outcome.rejects[0].source == TOPIC
 
 
 def test_unknown_device_is_rejected() -> None:
     outcome = check(message([reading()], device_id="ghost-9"), topic_device="ghost-9")
-    assert outcome.record is None
+    assert outcome.accepted is None
     assert outcome.rejects[0].reason is DeadLetterReason.UNKNOWN_DEVICE
     assert outcome.rejects[0].device_id == "ghost-9"
 
@@ -96,22 +106,21 @@ def test_unknown_device_is_rejected() -> None:
 )
 def test_bad_reading_is_rejected_alone(bad: dict[str, object], reason: DeadLetterReason) -> None:
     outcome = check(message([reading(-3), bad, reading(-1)]))
-    assert outcome.record is not None
-    assert len(outcome.record.readings) == 2
+    assert len(forwarded(outcome).readings) == 2
     assert [(r.reason, r.reading_index) for r in outcome.rejects] == [(reason, 1)]
     assert outcome.rejects[0].device_id == "press-01"
 
 
 def test_batch_of_only_bad_readings_forwards_nothing() -> None:
     outcome = check(message([reading(value=float("nan"))]))
-    assert outcome.record is None
+    assert outcome.accepted is None
     assert len(outcome.rejects) == 1
 
 
 def test_nan_literal_in_raw_json_is_a_non_finite_reject() -> None:
     payload = message([reading()]).replace(b"1500.0", b"NaN")
     outcome = check(payload)
-    assert outcome.record is None
+    assert outcome.accepted is None
     assert outcome.rejects[0].reason is DeadLetterReason.NON_FINITE_VALUE
 
 
@@ -123,7 +132,7 @@ def test_device_from_topic() -> None:
 
 def test_deeply_nested_json_is_a_dead_letter_not_a_crash() -> None:
     outcome = check(b"[" * 200_000)
-    assert outcome.record is None
+    assert outcome.accepted is None
     assert outcome.rejects[0].reason is DeadLetterReason.MALFORMED_JSON
     assert "nested too deeply" in outcome.rejects[0].detail
     assert len(outcome.rejects[0].payload) <= 64 * 1024
@@ -138,13 +147,13 @@ def test_oversized_payload_is_refused_before_parsing() -> None:
         topic_device_id="press-01",
         policy=ValidationPolicy(max_payload_bytes=100),
     )
-    assert outcome.record is None
+    assert outcome.accepted is None
     assert outcome.rejects[0].reason is DeadLetterReason.PAYLOAD_TOO_LARGE
 
 
 def test_more_readings_than_the_contract_allows_are_refused() -> None:
     outcome = check(message([reading(-1)] * (MAX_READINGS + 1)))
-    assert outcome.record is None
+    assert outcome.accepted is None
     assert outcome.rejects[0].reason is DeadLetterReason.SCHEMA_VIOLATION
     assert str(MAX_READINGS) in outcome.rejects[0].detail
 
@@ -162,6 +171,6 @@ def test_a_failure_inside_validation_becomes_a_dead_letter() -> None:
         topic_device_id="press-01",
         policy=ValidationPolicy(),
     )
-    assert outcome.record is None
+    assert outcome.accepted is None
     assert outcome.rejects[0].reason is DeadLetterReason.UNPROCESSABLE
     assert "registry exploded" in outcome.rejects[0].detail
