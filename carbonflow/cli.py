@@ -48,6 +48,40 @@ def _register_access() -> None:
 _register_access()
 
 
+def _register_factors() -> None:
+    from carbonflow.factors.cli import factors_app
+
+    app.add_typer(factors_app, name="factors")
+
+
+_register_factors()
+
+emissions_app = typer.Typer(help="Emissions figures: price them again after factors changed.")
+app.add_typer(emissions_app, name="emissions")
+
+
+@emissions_app.command("reprice")
+def emissions_reprice(
+    factor: Annotated[
+        str | None, typer.Option(help="Price again the minutes this factor priced")
+    ] = None,
+    proxies: Annotated[
+        bool, typer.Option(help="Price again every minute priced by a proxy factor")
+    ] = False,
+) -> None:
+    """Price emissions again with the factors as they stand now; earlier figures are kept,
+    marked superseded (e.g. after this year's grid factor is published: --proxies)."""
+    if factor is None and not proxies:
+        raise typer.BadParameter("name a --factor, or --proxies, or both")
+    from services.stream.repricing import reprice_now
+
+    repriced = reprice_now(DatabaseSettings(), factor_id=factor, proxies=proxies)
+    typer.echo(
+        f"priced {repriced.minutes} minutes again: {repriced.changed} under another factor "
+        f"version, {repriced.unpriced} without a factor, {repriced.rollup_rows} rollup rows"
+    )
+
+
 @db_app.command("migrate")
 def db_migrate(revision: str = "head") -> None:
     """Create or upgrade the database schema."""

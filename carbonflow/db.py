@@ -23,8 +23,21 @@ def alembic_config(db: DatabaseSettings) -> Config:
 
 
 def migrate(db: DatabaseSettings, revision: str = "head") -> None:
+    """Upgrade the schema; at head, also load the reference data (idempotently)."""
     logger.info("migrating database %s on %s:%s to %s", db.name, db.host, db.port, revision)
     command.upgrade(alembic_config(db), revision)
+    if revision == "head":
+        seed_reference_data(db)
+
+
+def seed_reference_data(db: DatabaseSettings) -> None:
+    """Record the project's emission factors (version 1 of each) that are not there yet."""
+    import psycopg
+
+    from carbonflow.factors import store
+
+    with psycopg.connect(db.conninfo(), autocommit=True) as conn:
+        store.seed_from_file(conn)
 
 
 def downgrade(db: DatabaseSettings, revision: str) -> None:

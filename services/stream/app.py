@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from carbonflow.config import DatabaseSettings, KafkaSettings
 from schemas import DeadLetterRecord
 from services.stream import metrics
+from services.stream.emissions import LOCATION_METHOD
 from services.stream.events import decode_events, store_events
 from services.stream.pipeline import decode_records, store_batch
 from services.stream.settings import StreamSettings
@@ -82,6 +83,9 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
             rejects.extend(refused)
             metrics.READINGS_STORED.inc(result.new_readings)
             metrics.ENERGY_MINUTES.inc(result.energy_minutes)
+            metrics.EMISSION_MINUTES.labels(LOCATION_METHOD).inc(result.emission_minutes)
+            metrics.UNPRICED_MINUTES.inc(result.unpriced_minutes)
+            metrics.ROLLUP_ROWS.inc(result.rollup_rows)
             logger.debug("stored %s", result)
         await dead_letter(rejects)
 

@@ -11,6 +11,18 @@ READINGS_STORED = Counter(
 ENERGY_MINUTES = Counter(
     "carbonflow_stream_energy_minutes_written", "Per-minute energy rows computed and upserted"
 )
+EMISSION_MINUTES = Counter(
+    "carbonflow_stream_emission_minutes_written",
+    "Per-minute emissions rows computed and upserted, by method",
+    ["method"],
+)
+UNPRICED_MINUTES = Counter(
+    "carbonflow_stream_unpriced_minutes",
+    "Energy minutes no emission factor could price (logged with the reason)",
+)
+ROLLUP_ROWS = Counter(
+    "carbonflow_stream_rollup_rows_written", "Hourly rollup rows along the asset tree changed"
+)
 DEAD_LETTERS = Counter(
     "carbonflow_stream_dead_letters", "Records sent to the dead-letter topic, by reason", ["reason"]
 )

@@ -14,8 +14,14 @@ from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
 from schemas import DeadLetterReason, DeadLetterRecord, ReadingsRecord
-from services.stream import metrics, store
-from services.stream.energy import POWER_METRIC, affected_windows, energy_intervals
+from services.stream import emission_store, metrics, rollup_store, store
+from services.stream.emissions import scope2_location
+from services.stream.energy import (
+    POWER_METRIC,
+    EnergyIntervals,
+    affected_windows,
+    energy_intervals,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +33,9 @@ class BatchResult:
     records: int
     new_readings: int
     energy_minutes: int
+    emission_minutes: int = 0
+    unpriced_minutes: int = 0
+    rollup_rows: int = 0
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -76,14 +85,43 @@ async def process_batch(
             ),
             max_gap_s,
         )
-        minutes = 0
-        if windows:
-            await store.lock_devices(conn, [w.device_id for w in windows])
-            samples = await store.fetch_power_samples(conn, windows, max_gap_s)
-            intervals = energy_intervals(windows, samples, max_gap_s)
-            await store.upsert_energy(conn, intervals)
-            minutes = len(intervals)
-    return BatchResult(records=len(records), new_readings=new_readings, energy_minutes=minutes)
+        if not windows:
+            return BatchResult(records=len(records), new_readings=new_readings, energy_minutes=0)
+        await store.lock_devices(conn, [w.device_id for w in windows])
+        samples = await store.fetch_power_samples(conn, windows, max_gap_s)
+        intervals = energy_intervals(windows, samples, max_gap_s)
+        await store.upsert_energy(conn, intervals)
+        emission_minutes, unpriced = await _price(conn, intervals)
+        rollup_rows = await rollup_store.recompute_hours(
+            conn, rollup_store.hours_touched(intervals.device_id, intervals.minute)
+        )
+    return BatchResult(
+        records=len(records),
+        new_readings=new_readings,
+        energy_minutes=len(intervals),
+        emission_minutes=emission_minutes,
+        unpriced_minutes=unpriced,
+        rollup_rows=rollup_rows,
+    )
+
+
+async def _price(conn: psycopg.AsyncConnection, intervals: EnergyIntervals) -> tuple[int, int]:
+    """Scope 2 location-based emissions of the recomputed minutes: (rows, minutes unpriced)."""
+    if not len(intervals):
+        return 0, 0
+    sites = await emission_store.device_sites(conn, intervals.device_id)
+    factors = await emission_store.grid_factors(conn)
+    rows, unpriced = scope2_location(intervals, sites, factors)
+    await emission_store.upsert_emissions(conn, rows)
+    for gap in unpriced:
+        logger.warning(
+            "%d minutes of %s on %s have no emission factor: %s",
+            gap.minutes,
+            gap.device_id,
+            gap.day,
+            gap.reason,
+        )
+    return len(rows), sum(gap.minutes for gap in unpriced)
 
 
 # Errors that say "this data", not "the database is away": retrying would never succeed.
@@ -128,6 +166,9 @@ async def store_batch(
             records=stored.records + result.records,
             new_readings=stored.new_readings + result.new_readings,
             energy_minutes=stored.energy_minutes + result.energy_minutes,
+            emission_minutes=stored.emission_minutes + result.emission_minutes,
+            unpriced_minutes=stored.unpriced_minutes + result.unpriced_minutes,
+            rollup_rows=stored.rollup_rows + result.rollup_rows,
         )
     return stored, rejects
 

@@ -1,0 +1,139 @@
+"""TimescaleDB adapter of the emissions step: where devices are, which grid factors exist,
+and idempotent emissions_1m writes that keep every factor version's figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+from psycopg.rows import dict_row
+
+from carbonflow.factors.codes import STANDARD_VARIANT, Parameter
+from carbonflow.factors.selection import FactorVersion
+from carbonflow.factors.store import SELECT_VERSIONS
+from services.stream.emissions import ELECTRICITY, DeviceSite, EmissionRows
+
+_DEVICE_SITES = """
+SELECT d.device_id, d.energy_carrier, s.timezone, s.grid_region, s.country
+FROM devices d JOIN assets a USING (asset_id) JOIN sites s USING (site_id)
+WHERE d.device_id = ANY(%(devices)s)
+"""
+
+_GRID_FACTORS = (
+    SELECT_VERSIONS
+    + """
+WHERE f.carrier = %(carrier)s AND f.parameter = %(parameter)s AND f.variant = %(variant)s
+"""
+)
+
+# A new figure for a minute replaces the current one under another factor version without
+# erasing it: that one is marked superseded, and stays queryable with its version.
+_UPSERT = """
+WITH new AS (
+    SELECT device_id, to_timestamp(minute * 60) AS ts, factor_id, factor_version, proxy,
+           kwh, kg_co2e, coverage
+    FROM unnest(%(device_id)s::text[], %(minute)s::bigint[], %(factor_id)s::text[],
+                %(factor_version)s::int[], %(proxy)s::bool[], %(kwh)s::float8[],
+                %(kg_co2e)s::float8[], %(coverage)s::float8[])
+         AS n(device_id, minute, factor_id, factor_version, proxy, kwh, kg_co2e, coverage)
+), superseded AS (
+    UPDATE emissions_1m x SET superseded_at = now()
+    FROM new
+    WHERE x.device_id = new.device_id AND x.ts = new.ts
+      AND x.scope = %(scope)s AND x.method = %(method)s AND x.superseded_at IS NULL
+      AND (x.factor_id, x.factor_version) <> (new.factor_id, new.factor_version)
+)
+INSERT INTO emissions_1m AS x (device_id, ts, scope, method, factor_id, factor_version, proxy,
+                               activity, activity_unit, kg_co2e, coverage, computed_at)
+SELECT device_id, ts, %(scope)s, %(method)s, factor_id, factor_version, proxy, kwh, 'kWh',
+       kg_co2e, coverage, now()
+FROM new
+ON CONFLICT (device_id, ts, scope, method, factor_id, factor_version) DO UPDATE SET
+    proxy = EXCLUDED.proxy,
+    activity = EXCLUDED.activity,
+    kg_co2e = EXCLUDED.kg_co2e,
+    coverage = EXCLUDED.coverage,
+    computed_at = EXCLUDED.computed_at,
+    superseded_at = NULL
+WHERE (x.activity, x.kg_co2e, x.coverage, x.proxy, x.superseded_at IS NULL)
+      IS DISTINCT FROM (EXCLUDED.activity, EXCLUDED.kg_co2e, EXCLUDED.coverage,
+                        EXCLUDED.proxy, true)
+"""
+
+
+async def device_sites(
+    conn: psycopg.AsyncConnection, device_ids: Sequence[str]
+) -> dict[str, DeviceSite]:
+    async with conn.cursor() as cur:
+        await cur.execute(_DEVICE_SITES, {"devices": sorted(set(device_ids))})
+        return {
+            row[0]: DeviceSite(row[0], row[1], row[2], row[3], row[4])
+            for row in await cur.fetchall()
+        }
+
+
+async def grid_factors(conn: psycopg.AsyncConnection) -> list[FactorVersion]:
+    """Every version of every standard grid electricity emission factor (a few hundred)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _GRID_FACTORS,
+            {
+                "carrier": ELECTRICITY,
+                "parameter": Parameter.EMISSION_FACTOR.value,
+                "variant": STANDARD_VARIANT,
+            },
+        )
+        return [FactorVersion.model_validate(row) for row in await cur.fetchall()]
+
+
+_COUNT_NEW = """
+SELECT count(*)
+FROM unnest(%(device_id)s::text[], %(minute)s::bigint[], %(factor_id)s::text[],
+            %(factor_version)s::int[]) AS n(device_id, minute, factor_id, factor_version)
+WHERE NOT EXISTS (
+    SELECT 1 FROM emissions_1m x
+    WHERE x.device_id = n.device_id AND x.ts = to_timestamp(n.minute * 60)
+      AND x.scope = %(scope)s AND x.method = %(method)s
+      AND x.factor_id = n.factor_id AND x.factor_version = n.factor_version
+)
+"""
+
+
+async def count_new(conn: psycopg.AsyncConnection, rows: EmissionRows) -> int:
+    """How many of ``rows`` are figures under a factor version the minute had none under."""
+    if not len(rows):
+        return 0
+    async with conn.cursor() as cur:
+        await cur.execute(
+            _COUNT_NEW,
+            {
+                "scope": rows.scope,
+                "method": rows.method,
+                "device_id": rows.device_id,
+                "minute": rows.minute,
+                "factor_id": rows.factor_id,
+                "factor_version": rows.factor_version,
+            },
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def upsert_emissions(conn: psycopg.AsyncConnection, rows: EmissionRows) -> None:
+    if not len(rows):
+        return
+    await conn.execute(
+        _UPSERT,
+        {
+            "scope": rows.scope,
+            "method": rows.method,
+            "device_id": rows.device_id,
+            "minute": rows.minute,
+            "factor_id": rows.factor_id,
+            "factor_version": rows.factor_version,
+            "proxy": rows.proxy,
+            "kwh": rows.kwh,
+            "kg_co2e": rows.kg_co2e,
+            "coverage": rows.coverage,
+        },
+    )
