@@ -60,6 +60,16 @@ emissions_app = typer.Typer(help="Emissions figures: price them again after fact
 app.add_typer(emissions_app, name="emissions")
 
 
+def _register_instruments() -> None:
+    from carbonflow.instruments_cli import emissions_market, instruments_app
+
+    app.add_typer(instruments_app, name="instruments")
+    emissions_app.command("market")(emissions_market)
+
+
+_register_instruments()
+
+
 @emissions_app.command("reprice")
 def emissions_reprice(
     factor: Annotated[

@@ -1,4 +1,4 @@
-"""``carbonflow factors seed|list|show|restate|lookup``: the emission factor registry."""
+"""``carbonflow factors seed|list|show|restate|lookup|load-hourly``: the factor registry."""
 
 from __future__ import annotations
 
@@ -141,8 +141,8 @@ def restate(
 
     repriced = reprice_now(DatabaseSettings(), factor_id=factor_id)
     typer.echo(
-        f"priced {repriced.minutes} minutes again: {repriced.changed} under the new version "
-        f"(earlier figures kept, marked superseded), {repriced.unpriced} without a factor"
+        f"priced {repriced.minutes} minutes again: {repriced.changed} earlier figures "
+        f"superseded (kept), {repriced.unpriced} without a factor"
     )
 
 
@@ -176,3 +176,52 @@ def lookup(
             match = store.lookup(conn, key, moment, grid_region=grid_region, country=country)
     typer.echo(_line(match.factor))
     typer.echo(f"    {match.note}")
+
+
+@factors_app.command("load-hourly")
+def load_hourly(
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="Hourly grid-intensity CSV (see README)"),
+    ],
+    series_id: Annotated[str, typer.Option(help="The series' id, e.g. CN_EAST_HOURLY")],
+    source: Annotated[str, typer.Option(help="Publisher, dataset and release of the values")],
+    region: Annotated[
+        str | None, typer.Option(help="The region to load, when the file holds several")
+    ] = None,
+    allow_gaps: Annotated[
+        bool, typer.Option(help="Accept missing hours (they stay unpriced, never filled)")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why this version is loaded")] = "",
+) -> None:
+    """Record an hourly grid-intensity series as a new version; earlier versions stay."""
+    from carbonflow.factors.hourly import load_hourly_series
+
+    with _connection() as conn:
+        loaded = load_hourly_series(
+            conn,
+            file.read_text(encoding="utf-8"),
+            series_id=series_id,
+            source=source,
+            region=region,
+            allow_gaps=allow_gaps,
+            reason=reason,
+            file_name=file.name,
+        )
+    typer.echo(
+        f"recorded {loaded.series_id} v{loaded.version} for {loaded.region_code}: "
+        f"{loaded.hours} hours from {loaded.first_hour.isoformat()} to "
+        f"{loaded.end_hour.isoformat()} ({loaded.gap_hours} h missing), "
+        f"mean {loaded.mean_kg_co2e_per_kwh:.4f} kgCO2e/kWh"
+    )
+    from services.stream.repricing import reprice_now
+
+    repriced = reprice_now(
+        DatabaseSettings(),
+        region=loaded.region_code,
+        span=(loaded.first_hour, loaded.end_hour),
+    )
+    typer.echo(
+        f"priced {repriced.minutes} minutes of {loaded.region_code} again: "
+        f"{repriced.changed} earlier figures superseded, {repriced.unpriced} without a factor"
+    )

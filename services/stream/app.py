@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from schemas import DeadLetterRecord
 from services.stream import metrics
 from services.stream.emissions import LOCATION_METHOD
 from services.stream.events import decode_events, store_events
+from services.stream.fuel_emissions import CHINA_METHOD
 from services.stream.pipeline import decode_records, store_batch
 from services.stream.settings import StreamSettings
 
@@ -78,14 +79,21 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
         if records:
             with metrics.BATCH_SECONDS.time():
                 result, refused = await store_batch(
-                    pool, records, settings.max_gap_s, source=kafka.readings_topic, now=now
+                    pool,
+                    records,
+                    settings.max_gap_s,
+                    source=kafka.readings_topic,
+                    now=now,
+                    lateness=timedelta(days=settings.lateness_days),
                 )
             rejects.extend(refused)
             metrics.READINGS_STORED.inc(result.new_readings)
             metrics.ENERGY_MINUTES.inc(result.energy_minutes)
             metrics.EMISSION_MINUTES.labels(LOCATION_METHOD).inc(result.emission_minutes)
+            metrics.EMISSION_MINUTES.labels(CHINA_METHOD).inc(result.scope1_minutes)
             metrics.UNPRICED_MINUTES.inc(result.unpriced_minutes)
             metrics.ROLLUP_ROWS.inc(result.rollup_rows)
+            metrics.LATE_READINGS.inc(result.late_readings)
             logger.debug("stored %s", result)
         await dead_letter(rejects)
 

@@ -109,17 +109,26 @@ def _emissions_kernel(
     for g in range(len(interval_starts) - 1):
         first = bp_starts[g]
         last = bp_starts[g + 1]
+        # lo: how many of the group's breakpoints are at or before the current minute.
+        # Minutes usually come in order: walk forward from the previous one's place, and
+        # fall back to a binary search when a minute goes back in time.
+        lo = first
+        previous = np.iinfo(np.int64).min
         for i in range(interval_starts[g], interval_starts[g + 1]):
             m = minute[i]
-            # Binary search: the last breakpoint at or before m, in [first, last).
-            lo = first
-            hi = last
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if bp_minute[mid] <= m:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            if m >= previous:
+                while lo < last and bp_minute[lo] <= m:
+                    lo += 1
+            else:
+                lo = first
+                hi = last
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if bp_minute[mid] <= m:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+            previous = m
             if lo == first:
                 kg[i] = np.nan
                 used[i] = -1

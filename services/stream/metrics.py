@@ -20,6 +20,10 @@ UNPRICED_MINUTES = Counter(
     "carbonflow_stream_unpriced_minutes",
     "Energy minutes no emission factor could price (logged with the reason)",
 )
+LATE_READINGS = Counter(
+    "carbonflow_stream_late_readings",
+    "Readings stored past the lateness: they update no figures (reported as device events)",
+)
 ROLLUP_ROWS = Counter(
     "carbonflow_stream_rollup_rows_written", "Hourly rollup rows along the asset tree changed"
 )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import psycopg
@@ -14,14 +14,26 @@ from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
 from schemas import DeadLetterReason, DeadLetterRecord, ReadingsRecord
-from services.stream import emission_store, metrics, rollup_store, store
-from services.stream.emissions import scope2_location
+from services.stream import emission_store, hourly_store, metrics, rollup_store, store
+from services.stream.counter_intervals import COUNTER_METRICS, counter_intervals
+from services.stream.counter_routes import (
+    FuelIntervals,
+    counter_points,
+    power_points,
+    register_for,
+    split_counter_intervals,
+)
+from services.stream.counters import COUNTER_DELTA_METHOD
+from services.stream.emissions import Unpriced, scope2_location
 from services.stream.energy import (
-    POWER_METRIC,
+    DeviceWindow,
     EnergyIntervals,
     affected_windows,
     energy_intervals,
 )
+from services.stream.fuel_emissions import scope1_china_minutes
+from services.stream.hourly_emissions import scope2_location_hourly
+from services.stream.lateness import split_late
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +46,17 @@ class BatchResult:
     new_readings: int
     energy_minutes: int
     emission_minutes: int = 0
-    unpriced_minutes: int = 0
+    unpriced_minutes: int = 0  # energy and fuel minutes no factor could price
     rollup_rows: int = 0
+    fuel_minutes: int = 0
+    scope1_minutes: int = 0  # Scope 1 emissions rows written (emission_minutes: Scope 2)
+    counter_events: int = 0
+    late_readings: int = 0  # stored, but past the lateness: figures left alone, reported
+
+    def __add__(self, other: BatchResult) -> BatchResult:
+        return BatchResult(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )  # counter anomalies recorded as device events (added or changed)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -71,48 +92,156 @@ def decode_records(
 
 
 async def process_batch(
-    conn: psycopg.AsyncConnection, records: Sequence[ReadingsRecord], max_gap_s: float
+    conn: psycopg.AsyncConnection,
+    records: Sequence[ReadingsRecord],
+    max_gap_s: float,
+    cutoff: datetime | None = None,
 ) -> BatchResult:
-    """Store the readings and recompute every minute of energy they can have changed."""
+    """Store the readings and recompute every minute of energy and fuel they can have changed,
+    with its emissions and the hours above it."""
     async with conn.transaction():
         new_readings = await store.insert_readings(conn, records)
-        windows = affected_windows(
-            (
-                (record.device_id, reading.ts.timestamp())
-                for record in records
-                for reading in record.readings
-                if reading.metric == POWER_METRIC
-            ),
-            max_gap_s,
-        )
-        if not windows:
-            return BatchResult(records=len(records), new_readings=new_readings, energy_minutes=0)
-        await store.lock_devices(conn, [w.device_id for w in windows])
-        samples = await store.fetch_power_samples(conn, windows, max_gap_s)
-        intervals = energy_intervals(windows, samples, max_gap_s)
-        await store.upsert_energy(conn, intervals)
-        emission_minutes, unpriced = await _price(conn, intervals)
+        taken = len(records)
+        late_count = 0
+        if cutoff is not None:
+            records, late = split_late(records, cutoff)
+            await store.record_late_readings(conn, late, cutoff)
+            late_count = sum(item.count for item in late)
+        registered = await store.registered_metrics(conn, [r.device_id for r in records])
+        power_windows = affected_windows(power_points(records, registered), max_gap_s)
+        counter_windows = affected_windows(counter_points(records, registered), max_gap_s)
+        if not power_windows and not counter_windows:
+            return BatchResult(
+                records=taken,
+                new_readings=new_readings,
+                energy_minutes=0,
+                late_readings=late_count,
+            )
+        await store.lock_devices(conn, [w.device_id for w in (*power_windows, *counter_windows)])
+        power = EnergyIntervals([], [], [], [], [])
+        if power_windows:
+            samples = await store.fetch_power_samples(conn, power_windows, max_gap_s)
+            power = energy_intervals(power_windows, samples, max_gap_s)
+            await store.upsert_energy(conn, power)
+        counted = await _count(conn, counter_windows, registered, max_gap_s)
+        await store.upsert_energy(conn, counted.energy, COUNTER_DELTA_METHOD)
+        await store.upsert_fuel(conn, counted.fuel)
+        energy = _concat(power, counted.energy)
+        scope2_minutes, scope2_unpriced = await price_energy(conn, energy)
+        scope1_minutes, scope1_unpriced = await price_fuel(conn, counted.fuel)
         rollup_rows = await rollup_store.recompute_hours(
-            conn, rollup_store.hours_touched(intervals.device_id, intervals.minute)
+            conn,
+            rollup_store.hours_touched(
+                [*energy.device_id, *counted.fuel.device_id, *(d for d, _ in counted.stale)],
+                [*energy.minute, *counted.fuel.minute, *(m for _, m in counted.stale)],
+            ),
         )
     return BatchResult(
-        records=len(records),
+        records=taken,
         new_readings=new_readings,
-        energy_minutes=len(intervals),
-        emission_minutes=emission_minutes,
-        unpriced_minutes=unpriced,
+        energy_minutes=len(energy),
+        emission_minutes=scope2_minutes,
+        unpriced_minutes=scope2_unpriced + scope1_unpriced,
         rollup_rows=rollup_rows,
+        fuel_minutes=len(counted.fuel),
+        scope1_minutes=scope1_minutes,
+        counter_events=counted.events,
+        late_readings=late_count,
     )
 
 
-async def _price(conn: psycopg.AsyncConnection, intervals: EnergyIntervals) -> tuple[int, int]:
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    energy: EnergyIntervals
+    fuel: FuelIntervals
+    stale: list[tuple[str, int]]
+    events: int
+
+
+async def _count(
+    conn: psycopg.AsyncConnection,
+    windows: Sequence[DeviceWindow],
+    registered: dict[str, str],
+    max_gap_s: float,
+) -> _Counted:
+    """Energy and fuel minutes of counter devices, with their anomalies recorded."""
+    energy = EnergyIntervals([], [], [], [], [])
+    fuel = FuelIntervals([], [], [], [], [], [])
+    if not windows:
+        return _Counted(energy, fuel, [], 0)
+    settings = await store.register_settings(conn, [w.device_id for w in windows])
+    registers = []
+    for window in windows:
+        register, warning = register_for(settings[window.device_id], max_gap_s)
+        if warning:
+            logger.warning("counter of %s: %s", window.device_id, warning)
+        registers.append(register)
+    metrics_of = [registered[w.device_id] for w in windows]
+    readings = await store.fetch_counter_readings(conn, windows, metrics_of, max_gap_s)
+    intervals, anomalies = counter_intervals(windows, readings, registers, max_gap_s)
+    energy, fuel = split_counter_intervals(intervals, registered)
+    stale = await store.delete_stale_counter_minutes(conn, windows, energy, fuel)
+    units = {d: COUNTER_METRICS[m] for d, m in registered.items() if m in COUNTER_METRICS}
+    events = await store.record_counter_anomalies(conn, anomalies, units)
+    return _Counted(energy, fuel, stale, events)
+
+
+def _concat(a: EnergyIntervals, b: EnergyIntervals) -> EnergyIntervals:
+    return EnergyIntervals(
+        device_id=[*a.device_id, *b.device_id],
+        minute=[*a.minute, *b.minute],
+        kwh=[*a.kwh, *b.kwh],
+        sample_count=[*a.sample_count, *b.sample_count],
+        coverage=[*a.coverage, *b.coverage],
+    )
+
+
+async def price_energy(
+    conn: psycopg.AsyncConnection, intervals: EnergyIntervals
+) -> tuple[int, int]:
     """Scope 2 location-based emissions of the recomputed minutes: (rows, minutes unpriced)."""
     if not len(intervals):
         return 0, 0
     sites = await emission_store.device_sites(conn, intervals.device_id)
+    # An hourly grid-intensity series prices the minutes it covers; the annual factors the rest.
+    start, end = hourly_store.minute_range(intervals.minute)
+    series = await hourly_store.series_covering(conn, hourly_store.regions_of(sites), start, end)
+    hourly = scope2_location_hourly(intervals, sites, series)
+    await hourly_store.supersede_other_method(conn, hourly.rows)
+    await emission_store.upsert_emissions(conn, hourly.rows)
+    for gap in hourly.unpriced:
+        logger.warning(
+            "%d minutes of %s have no hourly grid intensity: %s",
+            gap.minutes,
+            gap.device_id,
+            gap.reason,
+        )
     factors = await emission_store.grid_factors(conn)
-    rows, unpriced = scope2_location(intervals, sites, factors)
+    rows, unpriced = scope2_location(hourly.rest, sites, factors)
+    await hourly_store.supersede_other_method(conn, rows)
     await emission_store.upsert_emissions(conn, rows)
+    _log_unpriced(unpriced)
+    return (
+        len(rows) + len(hourly.rows),
+        sum(gap.minutes for gap in unpriced) + hourly.unpriced_minutes,
+    )
+
+
+async def price_fuel(conn: psycopg.AsyncConnection, fuel: FuelIntervals) -> tuple[int, int]:
+    """Scope 1 emissions (China's method) of the recomputed fuel minutes."""
+    if not len(fuel):
+        return 0, 0
+    sites = await emission_store.device_sites(conn, fuel.device_id)
+    parameters = await emission_store.fuel_parameters(
+        conn, [site.carrier for site in sites.values()]
+    )
+    rows, unpriced = scope1_china_minutes(fuel, sites, parameters)
+    await emission_store.upsert_fuel_emissions(conn, rows)
+    _log_unpriced(unpriced)
+    return len(rows), sum(gap.minutes for gap in unpriced)
+
+
+def _log_unpriced(unpriced: Sequence[Unpriced]) -> None:
     for gap in unpriced:
         logger.warning(
             "%d minutes of %s on %s have no emission factor: %s",
@@ -121,7 +250,6 @@ async def _price(conn: psycopg.AsyncConnection, intervals: EnergyIntervals) -> t
             gap.day,
             gap.reason,
         )
-    return len(rows), sum(gap.minutes for gap in unpriced)
 
 
 # Errors that say "this data", not "the database is away": retrying would never succeed.
@@ -135,21 +263,23 @@ async def store_batch(
     *,
     source: str,
     now: datetime,
+    lateness: timedelta | None = None,
 ) -> tuple[BatchResult, list[DeadLetterRecord]]:
     """Process a batch, waiting out database outages; records it refuses become dead letters.
 
     Nothing is skipped while the database is unreachable (the caller's offsets do not move),
     and one record the database refuses does not hold back the records around it.
     """
+    cutoff = None if lateness is None else now - lateness
     try:
-        return await _with_retry(pool, records, max_gap_s), []
+        return await _with_retry(pool, records, max_gap_s, cutoff), []
     except DATA_REFUSED as exc:
         logger.warning("batch refused (%s); storing its %d records one by one", exc, len(records))
     stored = BatchResult(records=0, new_readings=0, energy_minutes=0)
     rejects: list[DeadLetterRecord] = []
     for record in records:
         try:
-            result = await _with_retry(pool, [record], max_gap_s)
+            result = await _with_retry(pool, [record], max_gap_s, cutoff)
         except DATA_REFUSED as exc:
             rejects.append(
                 DeadLetterRecord.of(
@@ -162,21 +292,17 @@ async def store_batch(
                 )
             )
             continue
-        stored = BatchResult(
-            records=stored.records + result.records,
-            new_readings=stored.new_readings + result.new_readings,
-            energy_minutes=stored.energy_minutes + result.energy_minutes,
-            emission_minutes=stored.emission_minutes + result.emission_minutes,
-            unpriced_minutes=stored.unpriced_minutes + result.unpriced_minutes,
-            rollup_rows=stored.rollup_rows + result.rollup_rows,
-        )
+        stored += result
     return stored, rejects
 
 
 async def _with_retry(
-    pool: AsyncConnectionPool, records: Sequence[ReadingsRecord], max_gap_s: float
+    pool: AsyncConnectionPool,
+    records: Sequence[ReadingsRecord],
+    max_gap_s: float,
+    cutoff: datetime | None,
 ) -> BatchResult:
-    return await with_db_retry(pool, lambda conn: process_batch(conn, records, max_gap_s))
+    return await with_db_retry(pool, lambda conn: process_batch(conn, records, max_gap_s, cutoff))
 
 
 async def with_db_retry(

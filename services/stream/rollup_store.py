@@ -14,6 +14,9 @@ from datetime import UTC, datetime
 
 import psycopg
 
+#: Metrics of the meters whose minutes are energy (energy_1m); the others meter fuel.
+ENERGY_METRICS = ("active_power", "active_energy_import")
+
 # The nodes above each device: its asset and that asset's ancestors, its site, its
 # organisation. Registries are small next to the data: the closure is worked out per call.
 _DEVICE_NODES = """
@@ -67,11 +70,15 @@ members AS (
     JOIN device_nodes n ON n.node_kind = t.node_kind AND n.node_id = t.node_id
 ),
 energy AS (
+    -- Energy, and the completeness it is judged by, come from electricity meters only:
+    -- fuel meters (m3 of gas) add Scope 1 below, never kWh or expected minutes.
     SELECT m.node_kind, m.node_id, m.hour,
            coalesce(sum(e.kwh), 0) AS kwh,
            coalesce(sum(e.coverage), 0) AS covered_minutes,
-           count(DISTINCT m.device_id) AS devices
+           count(DISTINCT m.device_id) FILTER (WHERE d.metric = ANY(%(energy_metrics)s))
+               AS devices
     FROM members m
+    JOIN devices d ON d.device_id = m.device_id
     LEFT JOIN energy_1m e
       ON e.device_id = m.device_id AND e.ts >= m.hour AND e.ts < m.hour + interval '1 hour'
     GROUP BY m.node_kind, m.node_id, m.hour
@@ -114,7 +121,11 @@ async def recompute_hours(
     written (unchanged rows are left alone)."""
     if not changed:
         return 0
-    params = {"devices": [device for device, _ in changed], "minutes": [ts for _, ts in changed]}
+    params = {
+        "devices": [device for device, _ in changed],
+        "minutes": [ts for _, ts in changed],
+        "energy_metrics": list(ENERGY_METRICS),
+    }
     async with conn.cursor() as cur:
         await cur.execute(_LOCK_TARGETS, params)
         await cur.execute(_RECOMPUTE, params)

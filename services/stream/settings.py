@@ -15,6 +15,12 @@ class StreamSettings(BaseSettings):
     max_gap_s: float = Field(
         default=120.0, gt=0, description="Samples further apart are a gap, not integrated"
     )
+    lateness_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Readings older than this (by processing time) are stored but update no "
+        "intervals, emissions or rollups; they are reported as late_readings device events",
+    )
     shutdown_grace_s: float = Field(
         default=30.0, gt=0, description="How long shutdown waits for the batch in hand"
     )

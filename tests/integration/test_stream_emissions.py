@@ -231,3 +231,40 @@ def test_a_proxy_is_replaced_once_the_period_gets_its_own_factor(
     assert {(r[1], r[3]) for r in now} == {(published, False)}
     assert all(r[5] == pytest.approx(r[4] * 0.3) for r in now)
     assert emissions(db_settings, device, current=False) == proxied
+
+
+def test_readings_past_the_lateness_are_stored_and_reported_but_change_no_figures(
+    db_settings: DatabaseSettings, plant: Plant
+) -> None:
+    device = plant.device("east")
+    now = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
+    recent = power(device, now - timedelta(days=6, hours=23), 5)
+    old = power(device, now - timedelta(days=7, hours=1), 5)
+
+    async def go() -> BatchResult:
+        async with AsyncConnectionPool(db_settings.conninfo(), min_size=1, max_size=1) as pool:
+            result, _ = await store_batch(
+                pool, [recent, old], MAX_GAP_S, source="t", now=now, lateness=timedelta(days=7)
+            )
+        return result
+
+    result = asyncio.run(go())
+    assert result.late_readings == len(old.readings)
+    with psycopg.connect(db_settings.conninfo()) as conn:
+        stored = conn.execute(
+            "SELECT count(*) FROM readings WHERE device_id = %s", (device,)
+        ).fetchone()
+        energy_days = conn.execute(
+            "SELECT DISTINCT ts::date FROM energy_1m WHERE device_id = %s", (device,)
+        ).fetchall()
+        event = conn.execute(
+            "SELECT details FROM device_events WHERE source_id = %s AND event = 'late_readings'",
+            (device,),
+        ).fetchone()
+    # Every reading is kept; only the timely ones made figures; the late ones are reported.
+    assert stored is not None
+    assert stored[0] == len(recent.readings) + len(old.readings)
+    assert [d for (d,) in energy_days] == [recent.readings[0].ts.date()]
+    assert event is not None
+    assert event[0]["count"] == len(old.readings)
+    assert event[0]["last"] == old.readings[-1].ts.isoformat()

@@ -59,8 +59,8 @@ def upgrade() -> None:
     $$;
 
     -- Energy and current emissions per node of the asset tree (assets at any depth, sites,
-    -- organisations) per local hour (local_hour). devices: how many devices are under the
-    -- node; covered_minutes: measured minutes summed over them.
+    -- organisations) per local hour (local_hour). devices: how many electricity meters are
+    -- under the node; covered_minutes: their measured minutes, summed.
     CREATE TABLE rollup_hourly (
         node_kind                text NOT NULL
                                  CHECK (node_kind IN ('asset', 'site', 'organisation')),
