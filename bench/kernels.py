@@ -307,6 +307,58 @@ def bench_emissions(data: IntervalSet, args: argparse.Namespace) -> dict[str, An
     )
 
 
+def _priced(data: PowerSet, energy: MinuteEnergy, seed: int) -> IntervalSet:
+    """The energy minutes of ``energy`` with an hourly factor series per device."""
+    priced = object.__new__(IntervalSet)
+    devices = len(data.minute_lo)
+    counts = data.minute_hi - data.minute_lo + 1
+    priced.minute = energy.minute
+    priced.kwh = energy.energy_ws / 3.6e6
+    priced.interval_starts = _out_starts(data)
+    first_hour = (data.minute_lo // 60) * 60
+    hours = (counts + 59) // 60 + 1
+    priced.bp_starts = np.zeros(devices + 1, dtype=np.int64)
+    np.cumsum(hours, out=priced.bp_starts[1:])
+    offsets = np.arange(int(hours.sum())) - np.repeat(priced.bp_starts[:-1], hours)
+    priced.bp_minute = np.repeat(first_hour, hours) + offsets * 60
+    priced.bp_value = np.random.default_rng(seed).uniform(0.3, 0.9, int(hours.sum()))
+    priced.bp_factor = offsets
+    priced.readings = data.readings
+    return priced
+
+
+def bench_path(data: PowerSet, args: argparse.Namespace) -> dict[str, Any]:
+    """Readings through both kernels, as the stream runs them: power -> energy minutes ->
+    kgCO2e under an hourly series; the rate counts readings in."""
+
+    def numba_path(part: PowerSet) -> IntervalEmissions:
+        return numba_emissions(_priced(part, numba_interval(part), args.seed))
+
+    def numpy_path(part: PowerSet) -> IntervalEmissions:
+        return numpy_emissions(_priced(part, numpy_interval(part), args.seed))
+
+    def python_path(part: PowerSet) -> IntervalEmissions:
+        return python_emissions(_priced(part, python_interval(part), args.seed))
+
+    reference = numba_path(data)
+    sample = data.head(max(1, int(len(data.minute_lo) * args.python_share)))
+    rates = {
+        "numba": data.readings / _timed(lambda: numba_path(data), args.repeats),
+        "numpy": data.readings / _timed(lambda: numpy_path(data), args.repeats),
+        "python": sample.readings / _timed(lambda: python_path(sample), 1),
+    }
+    return _report(
+        "readings -> energy minutes -> emissions (both kernels)",
+        data.readings,
+        sample.readings,
+        {
+            "numpy": _same_emissions(reference, numpy_path(data)),
+            "python": _same_emissions(numba_path(sample), python_path(sample)),
+        },
+        rates,
+    )
+
+
 def _report(
     kernel: str,
     readings: int,
@@ -348,6 +400,7 @@ def main() -> int:
         "results": [
             bench_interval(data, args),
             bench_emissions(IntervalSet(args.devices, args.readings_per_device, args.seed), args),
+            bench_path(data, args),
         ],
     }
     print(json.dumps(report, indent=2))

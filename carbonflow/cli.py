@@ -125,7 +125,7 @@ def ingest() -> None:
 
 @app.command()
 def stream() -> None:
-    """Run a stream worker (Faust): readings and 1-minute energy into TimescaleDB."""
+    """Run a stream worker (Faust): readings, energy, emissions and rollups into TimescaleDB."""
     from services.stream.app import run
     from services.stream.settings import StreamSettings
 
