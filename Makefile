@@ -8,7 +8,7 @@ VENV   := .venv
 export UV_PYTHON_DOWNLOADS := never
 RUN    := $(UV) run --frozen --no-sync --python $(VENV)/bin/python
 
-.PHONY: help setup demo test lint typecheck unit integration stack-up stack-down stack-status stack-reset bench bench-ingest clean
+.PHONY: help setup demo test lint typecheck unit integration stack-up stack-down stack-status stack-reset bench bench-ingest bench-stream clean
 
 help:
 	@echo "make demo   - run the whole system on a simulated factory (Ctrl-C stops it)"
@@ -16,6 +16,7 @@ help:
 	@echo "make stack-up | stack-down | stack-status | stack-reset - the local services"
 	@echo "make bench  - end-to-end pipeline benchmark (JSON)"
 	@echo "make bench-ingest - ingest (MQTT in, Kafka out) next to the raw broker rate (JSON)"
+	@echo "make bench-stream - one stream worker (Kafka to rows) next to a per-event agent (JSON)"
 
 $(UV):
 	@PYTHON=$(PYTHON) ./infra/bootstrap.sh $(TOOLS)
@@ -67,6 +68,9 @@ bench: stack-up
 
 bench-ingest: stack-up
 	@$(RUN) python bench/ingest.py
+
+bench-stream: stack-up
+	@$(RUN) python bench/stream.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

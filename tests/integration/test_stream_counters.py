@@ -18,8 +18,10 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from carbonflow.config import DatabaseSettings
+from carbonflow.factors import store as factors
 from schemas import Reading, ReadingsRecord
 from services.stream.pipeline import BatchResult, store_batch
+from services.stream.repricing import reprice_now
 
 pytestmark = pytest.mark.integration
 
@@ -401,3 +403,59 @@ def test_a_swapped_meter_is_recorded_and_its_unexplained_value_not_counted(
     assert details["raw_delta"] == pytest.approx(100_000 - 9_000_000)
     assert "nothing counted" in details["reason"]
     assert sum(kwh for _, kwh, *_ in energy_rows(db_settings, device)) == 0
+
+
+def test_restating_one_scope1_parameter_prices_the_fuel_minutes_again(
+    db_settings: DatabaseSettings,
+) -> None:
+    """A region with China-method gas parameters of the test's own; restating the oxidation
+    fraction (not the row's primary factor) must still reach every minute that used it."""
+    site = Site(uuid.uuid4().hex[:8])
+    region = f"CN-T{site.tag}"
+    ids = {p: f"TEST_GAS_{p}_{site.tag.upper()}" for p in ("NCV", "CC", "OF")}
+    parameters = {
+        "NCV": ("ncv", "none", "GJ/Nm3", "0.038931"),
+        "CC": ("carbon_content", "C", "kgC/TJ", "15300"),
+        "OF": ("oxidation_fraction", "none", "fraction", "0.99"),
+    }
+    with psycopg.connect(db_settings.conninfo(), autocommit=True) as conn:
+        site.create(conn, country="AQ", grid=region)
+        meter = site.device(conn, "gas", GAS, "natural_gas")
+        for key, (parameter, gas, unit, value) in parameters.items():
+            conn.execute(
+                "INSERT INTO emission_factors (factor_id, scope, category, region_code, carrier,"
+                " parameter, gas, variant, unit, region_label, fuel_label, gas_label) VALUES"
+                " (%s, 'scope1', 'fuel_combustion', %s, 'natural_gas', %s, %s, 'standard', %s,"
+                " 'test', 'natural gas', 'test')",
+                (ids[key], region, parameter, gas, unit),
+            )
+            conn.execute(
+                "INSERT INTO emission_factor_versions (factor_id, version, value, source_value,"
+                " source_unit, valid, source, reason) VALUES (%s, 1, %s, %s, %s,"
+                " daterange(NULL, NULL), 'test', 'test factor')",
+                (ids[key], value, value, unit),
+            )
+
+    store(db_settings, [record(meter, GAS, gas_meter(300))])
+    per_nm3 = 0.038931 * 15300 / 1000 * 0.99 * 44 / 12
+    sql = (
+        "SELECT ts, activity, kg_co2e, lineage FROM emissions_1m WHERE device_id = %s"
+        " AND scope = 'scope1' AND (superseded_at IS NULL) = %s ORDER BY ts"
+    )
+    before = query(db_settings, sql, meter, True)
+    assert before
+    assert all(r[2] == pytest.approx(r[1] * per_nm3) for r in before)
+
+    with psycopg.connect(db_settings.conninfo()) as conn:
+        factors.restate(conn, ids["OF"], "0.98", "fraction", None, None, "corrected", "test")
+        conn.commit()
+    repriced = reprice_now(db_settings, factor_id=ids["OF"])
+    assert repriced.minutes == len(before)
+    assert repriced.changed == len(before)
+
+    after = query(db_settings, sql, meter, True)
+    assert [r[0] for r in after] == [r[0] for r in before]
+    assert all(r[2] == pytest.approx(r[1] * per_nm3 / 0.99 * 0.98) for r in after)
+    assert all({"factor_id": ids["OF"], "version": 2} in r[3] for r in after)
+    # The figures under version 1 stay, superseded.
+    assert query(db_settings, sql, meter, False) == before
