@@ -74,20 +74,24 @@ async def insert_readings(conn: psycopg.AsyncConnection, records: Sequence[Readi
         async with cur.copy(
             "COPY readings_stage (device_id, metric, ts, value, quality, ingested_at) FROM STDIN"
         ) as copy:
-            for record in records:
-                for reading in record.readings:
-                    await copy.write_row(
-                        (
-                            record.device_id,
-                            reading.metric,
-                            reading.ts,
-                            reading.value,
-                            reading.quality.value,
-                            record.received_at,
-                        )
-                    )
+            await copy.write(copy_text(records))
         await cur.execute(_MERGE_READINGS)
         return cur.rowcount
+
+
+def copy_text(records: Sequence[ReadingsRecord]) -> bytes:
+    """The readings as COPY text, built in one go: ``write_row`` per reading costs more than
+    the rest of a batch. Nothing needs escaping: ids and metric names match the contract's
+    patterns, quality is an enum, numbers are finite and times are ISO 8601."""
+    lines = []
+    for record in records:
+        head = record.device_id + "\t"
+        tail = "\t" + record.received_at.isoformat() + "\n"
+        lines.extend(
+            f"{head}{r.metric}\t{r.ts.isoformat()}\t{r.value!r}\t{r.quality.value}{tail}"
+            for r in record.readings
+        )
+    return "".join(lines).encode()
 
 
 _LOCK_DEVICES = """
