@@ -83,7 +83,7 @@ def copy_text(records: Sequence[ReadingsRecord]) -> bytes:
     """The readings as COPY text, built in one go: ``write_row`` per reading costs more than
     the rest of a batch. Nothing needs escaping: ids and metric names match the contract's
     patterns, quality is an enum, numbers are finite and times are ISO 8601."""
-    lines = []
+    lines: list[str] = []
     for record in records:
         head = record.device_id + "\t"
         tail = "\t" + record.received_at.isoformat() + "\n"
