@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -21,6 +21,7 @@ from carbonflow.factors.errors import FactorError
 from carbonflow.factors.selection import FactorMatch, FactorVersion, Level, region_chain, select
 from services.stream.emission_kernels import NO_FACTOR, emissions_by_interval
 from services.stream.energy import EnergyIntervals
+from services.stream.local_days import local_days, local_midnight_minute, minutes_on
 
 SCOPE2 = "scope2"
 LOCATION_METHOD = "scope2_location_annual"
@@ -121,14 +122,14 @@ def scope2_location(
         site = sites[device_id]
         zone = ZoneInfo(site.timezone)
         own = minutes[interval_starts[g] : interval_starts[g + 1]]
-        for day in _local_days(own, zone):
+        for day in local_days(own, zone):
             try:
                 match = grid_factor(candidates, site, day)
                 value = _kg_per_kwh(match.factor)
             except FactorError as exc:
-                count = int(np.count_nonzero(_local_day_of(own, zone) == day.toordinal()))
+                count = minutes_on(own, day, zone)
                 unpriced.append(Unpriced(device_id, day, count, str(exc)))
-                bp_minute.append(_local_midnight_minute(day, zone))
+                bp_minute.append(local_midnight_minute(day, zone))
                 bp_value.append(float("nan"))
                 bp_factor.append(NO_FACTOR)
                 continue
@@ -136,7 +137,7 @@ def scope2_location(
             if key not in match_index:
                 match_index[key] = len(matches)
                 matches.append(match)
-            bp_minute.append(_local_midnight_minute(day, zone))
+            bp_minute.append(local_midnight_minute(day, zone))
             bp_value.append(value)
             bp_factor.append(match_index[key])
         bp_starts.append(len(bp_minute))
@@ -174,29 +175,3 @@ def _kg_per_kwh(factor: FactorVersion) -> float:
     if not factor.unit.endswith("/kWh") or not factor.unit.startswith("kg"):
         raise FactorError(f"{factor.factor_id}: a grid factor in {factor.unit}, not kg per kWh")
     return float(factor.value)
-
-
-def _local_day_of(minutes: np.ndarray, zone: ZoneInfo) -> np.ndarray:
-    """Proleptic ordinal of each epoch minute's local date."""
-    return np.fromiter(
-        (
-            datetime.fromtimestamp(int(m) * 60, UTC).astimezone(zone).date().toordinal()
-            for m in minutes
-        ),
-        dtype=np.int64,
-        count=len(minutes),
-    )
-
-
-def _local_days(minutes: np.ndarray, zone: ZoneInfo) -> list[date]:
-    if not len(minutes):
-        return []
-    # Minutes of a batch span a few local days at most: look at the first and last only.
-    first = datetime.fromtimestamp(int(minutes.min()) * 60, UTC).astimezone(zone).date()
-    last = datetime.fromtimestamp(int(minutes.max()) * 60, UTC).astimezone(zone).date()
-    return [first + timedelta(days=k) for k in range((last - first).days + 1)]
-
-
-def _local_midnight_minute(day: date, zone: ZoneInfo) -> int:
-    midnight = datetime.combine(day, time.min, zone)
-    return int(midnight.timestamp() // 60)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -47,6 +47,7 @@ from carbonflow.factors.selection import FactorMatch, FactorVersion, region_chai
 from services.stream.counter_routes import FuelIntervals
 from services.stream.emission_kernels import NO_FACTOR, emissions_by_interval
 from services.stream.emissions import DeviceSite, Unpriced
+from services.stream.local_days import local_days, local_midnight_minute, minutes_on
 
 SCOPE1 = "scope1"
 CHINA_METHOD = Method.SCOPE1_CN.value
@@ -175,12 +176,12 @@ def scope1_china_minutes(
         zone = ZoneInfo(site.timezone)
         unit = PRICED_AS[fuel.unit[order[device_id][0]]]
         own = minutes[interval_starts[g] : interval_starts[g + 1]]
-        for day in _local_days(own, zone):
-            bp_minute.append(_local_midnight_minute(day, zone))
+        for day in local_days(own, zone):
+            bp_minute.append(local_midnight_minute(day, zone))
             try:
                 coefficient = china_coefficient(candidates, site, day, unit)
             except (FactorError, EmissionsError) as exc:
-                count = sum(1 for m in own.tolist() if _local_day(m, zone) == day)
+                count = minutes_on(own, day, zone)
                 unpriced.append(Unpriced(device_id, day, count, str(exc)))
                 bp_value.append(float("nan"))
                 bp_factor.append(NO_FACTOR)
@@ -235,19 +236,3 @@ def _carbon_content(factor: FactorVersion) -> CarbonContent:
     if factor.unit not in _CARBON_CONTENT_UNITS:
         raise FactorError(f"{factor.factor_id}: a carbon content in {factor.unit} is not used")
     return CarbonContent(_ref(factor), float(factor.value), _CARBON_CONTENT_UNITS[factor.unit])
-
-
-def _local_day(minute: int, zone: ZoneInfo) -> date:
-    return datetime.fromtimestamp(minute * 60, UTC).astimezone(zone).date()
-
-
-def _local_days(minutes: np.ndarray, zone: ZoneInfo) -> list[date]:
-    if not len(minutes):
-        return []
-    first = _local_day(int(minutes.min()), zone)
-    last = _local_day(int(minutes.max()), zone)
-    return [first + timedelta(days=k) for k in range((last - first).days + 1)]
-
-
-def _local_midnight_minute(day: date, zone: ZoneInfo) -> int:
-    return int(datetime.combine(day, time.min, zone).timestamp() // 60)

@@ -46,7 +46,7 @@ def device_samples(draw: st.DrawFn) -> list[tuple[float, float]]:
     return list(zip(times, powers, strict=False))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     devices=st.lists(device_samples(), min_size=1, max_size=4),
     max_gap=st.floats(min_value=1.0, max_value=300.0),
