@@ -8,7 +8,7 @@ VENV   := .venv
 export UV_PYTHON_DOWNLOADS := never
 RUN    := $(UV) run --frozen --no-sync --python $(VENV)/bin/python
 
-.PHONY: help setup demo test lint typecheck unit integration stack-up stack-down stack-status stack-reset bench bench-ingest bench-stream clean
+.PHONY: help setup demo test lint typecheck unit integration stack-up stack-down stack-status stack-reset bench bench-ingest bench-stream bench-kernels clean
 
 help:
 	@echo "make demo   - run the whole system on a simulated factory (Ctrl-C stops it)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench  - end-to-end pipeline benchmark (JSON)"
 	@echo "make bench-ingest - ingest (MQTT in, Kafka out) next to the raw broker rate (JSON)"
 	@echo "make bench-stream - one stream worker (Kafka to rows) next to a per-event agent (JSON)"
+	@echo "make bench-kernels - Numba kernels next to NumPy and pure Python, one core (JSON)"
 
 $(UV):
 	@PYTHON=$(PYTHON) ./infra/bootstrap.sh $(TOOLS)
@@ -71,6 +72,9 @@ bench-ingest: stack-up
 
 bench-stream: stack-up
 	@$(RUN) python bench/stream.py
+
+bench-kernels: setup
+	@$(RUN) python bench/kernels.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
