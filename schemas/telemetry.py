@@ -20,6 +20,7 @@ METRIC_UNITS: Final[dict[str, str]] = {
     "power_factor": "1",
     "frequency": "Hz",
     "gas_volume": "m3",
+    "fuel_mass": "kg",  # cumulative: liquid and solid fuel burnt, by mass
     "temperature": "K",
 }
 

@@ -64,7 +64,7 @@ REGISTER_COUNTS: Final[dict[str, int]] = {
     "float64": 4,
 }
 #: Metrics that are counters (they only grow); every other metric is a momentary value.
-CUMULATIVE_METRICS: Final = frozenset({"active_energy_import", "gas_volume"})
+CUMULATIVE_METRICS: Final = frozenset({"active_energy_import", "gas_volume", "fuel_mass"})
 
 Address = Annotated[int, Field(ge=0, le=MAX_ADDRESS)]
 

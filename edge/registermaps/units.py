@@ -36,6 +36,7 @@ CONVERSIONS: Final[dict[str, dict[str, UnitConversion]]] = {
     "1": {"1": UnitConversion(1.0), "%": UnitConversion(1e-2)},
     "Hz": {"mHz": UnitConversion(1e-3), "Hz": UnitConversion(1.0)},
     "m3": {"m3": UnitConversion(1.0), "L": UnitConversion(1e-3)},
+    "kg": {"g": UnitConversion(1e-3), "kg": UnitConversion(1.0), "t": UnitConversion(1e3)},
     "K": {"K": UnitConversion(1.0), "degC": UnitConversion(1.0, 273.15)},
 }
 

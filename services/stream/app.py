@@ -24,9 +24,9 @@ from psycopg_pool import AsyncConnectionPool
 from carbonflow.config import DatabaseSettings, KafkaSettings
 from schemas import DeadLetterRecord
 from services.stream import metrics
-from services.stream.emissions import LOCATION_METHOD
+from services.stream.emissions import SCOPE2
 from services.stream.events import decode_events, store_events
-from services.stream.fuel_emissions import CHINA_METHOD
+from services.stream.fuel_emissions import SCOPE1
 from services.stream.pipeline import decode_records, store_batch
 from services.stream.settings import StreamSettings
 
@@ -89,8 +89,8 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
             rejects.extend(refused)
             metrics.READINGS_STORED.inc(result.new_readings)
             metrics.ENERGY_MINUTES.inc(result.energy_minutes)
-            metrics.EMISSION_MINUTES.labels(LOCATION_METHOD).inc(result.emission_minutes)
-            metrics.EMISSION_MINUTES.labels(CHINA_METHOD).inc(result.scope1_minutes)
+            metrics.EMISSION_MINUTES.labels(SCOPE2).inc(result.emission_minutes)
+            metrics.EMISSION_MINUTES.labels(SCOPE1).inc(result.scope1_minutes)
             metrics.UNPRICED_MINUTES.inc(result.unpriced_minutes)
             metrics.ROLLUP_ROWS.inc(result.rollup_rows)
             metrics.LATE_READINGS.inc(result.late_readings)

@@ -35,7 +35,11 @@ from services.stream.counters import (
 from services.stream.energy import DeviceWindow
 
 #: Cumulative metrics and their canonical units (schemas.telemetry.METRIC_UNITS).
-COUNTER_METRICS: Final[dict[str, str]] = {"active_energy_import": "Wh", "gas_volume": "m3"}
+COUNTER_METRICS: Final[dict[str, str]] = {
+    "active_energy_import": "Wh",
+    "gas_volume": "m3",
+    "fuel_mass": "kg",
+}
 
 SECONDS_PER_HOUR = 3600.0
 

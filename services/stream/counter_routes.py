@@ -3,9 +3,9 @@
 A device registered with ``active_power`` gets its energy by integrating power (trapezoid); one
 registered with a cumulative metric gets its intervals from the deltas of that register
 (``services.stream.counter_intervals``): ``active_energy_import`` (Wh) makes energy_1m rows,
-``gas_volume`` (m3) makes fuel_1m rows. Other metrics a device reports alongside (a power
-reading from an energy meter, say) are stored but make no intervals, so one device never has
-two sources for one minute.
+``gas_volume`` (m3) and ``fuel_mass`` (kg) make fuel_1m rows. Other metrics a device reports
+alongside (a power reading from an energy meter, say) are stored but make no intervals, so one
+device never has two sources for one minute.
 
 Register parameters: a device's own (table device_counters) where set, else its metric's
 default (table counter_defaults), else none: no rollover, no rate limit, resolution 0.
@@ -23,7 +23,7 @@ from services.stream.counters import COUNTER_DELTA_METHOD
 from services.stream.energy import POWER_METRIC, EnergyIntervals
 
 ENERGY_COUNTER_METRIC = "active_energy_import"
-FUEL_COUNTER_METRICS = frozenset({"gas_volume"})
+FUEL_COUNTER_METRICS = frozenset({"gas_volume", "fuel_mass"})
 WH_PER_KWH = 1000.0
 
 #: How much below the wrap-around limit a rate is capped when a register's rate limit and its

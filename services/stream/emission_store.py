@@ -11,23 +11,25 @@ import psycopg
 from psycopg.rows import dict_row
 
 from carbonflow.emissions import FactorRef
-from carbonflow.factors.codes import STANDARD_VARIANT, Parameter
+from carbonflow.factors.codes import STANDARD_VARIANT, GwpSet, Parameter
 from carbonflow.factors.selection import FactorVersion
 from carbonflow.factors.store import SELECT_VERSIONS
 from services.stream.emissions import ELECTRICITY, DeviceSite, EmissionRows
-from services.stream.fuel_emissions import CHINA_PARAMETERS, FuelEmissionRows
+from services.stream.fuel_emissions import FUEL_PARAMETERS, FuelEmissionRows
 
 _DEVICE_SITES = """
-SELECT d.device_id, d.energy_carrier, s.timezone, s.grid_region, s.country
+SELECT d.device_id, d.energy_carrier, s.timezone, s.grid_region, s.country, o.gwp_set
 FROM devices d JOIN assets a USING (asset_id) JOIN sites s USING (site_id)
+JOIN organisations o USING (org_id)
 WHERE d.device_id = ANY(%(devices)s)
 """
 
 _FUEL_PARAMETERS = (
     SELECT_VERSIONS
     + """
-WHERE f.carrier = ANY(%(carriers)s) AND f.parameter = ANY(%(parameters)s)
-  AND f.variant = %(variant)s
+WHERE f.variant = %(variant)s
+  AND ((f.carrier = ANY(%(carriers)s) AND f.parameter = ANY(%(parameters)s))
+       OR f.parameter = %(gwp)s)
 """
 )
 
@@ -78,13 +80,23 @@ WHERE (x.activity, x.activity_unit, x.kg_co2e, x.coverage, x.proxy, x.superseded
 """
 
 
+# Before a scope's figures of some minutes are written under one method: the current figures
+# of those minutes under another method of the scope are replaced (kept, marked superseded).
+_SUPERSEDE_OTHER_METHODS = """
+UPDATE emissions_1m x SET superseded_at = now()
+FROM unnest(%(device_id)s::text[], %(minute)s::bigint[]) AS n(device_id, minute)
+WHERE x.device_id = n.device_id AND x.ts = to_timestamp(n.minute * 60)
+  AND x.scope = %(scope)s AND x.method <> %(method)s AND x.superseded_at IS NULL
+"""
+
+
 async def device_sites(
     conn: psycopg.AsyncConnection, device_ids: Sequence[str]
 ) -> dict[str, DeviceSite]:
     async with conn.cursor() as cur:
         await cur.execute(_DEVICE_SITES, {"devices": sorted(set(device_ids))})
         return {
-            row[0]: DeviceSite(row[0], row[1], row[2], row[3], row[4])
+            row[0]: DeviceSite(row[0], row[1], row[2], row[3], row[4], GwpSet(row[5]))
             for row in await cur.fetchall()
         }
 
@@ -163,13 +175,25 @@ async def upsert_emissions(conn: psycopg.AsyncConnection, rows: EmissionRows) ->
 
 
 async def upsert_fuel_emissions(conn: psycopg.AsyncConnection, rows: FuelEmissionRows) -> None:
-    """Write Scope 1 rows (activity: the fuel quantity) with every factor version used."""
-    for unit in sorted(set(rows.unit)):
-        take = [i for i, u in enumerate(rows.unit) if u == unit]
+    """Write Scope 1 rows (activity: the fuel quantity) with every factor version used, each
+    under its own method. A minute now priced by one method has its current figure under the
+    other marked superseded first, so rollups never count a minute twice."""
+    keys = list(zip(rows.method, rows.unit, strict=True))
+    for method, unit in sorted(set(keys)):
+        take = [i for i, key in enumerate(keys) if key == (method, unit)]
+        await conn.execute(
+            _SUPERSEDE_OTHER_METHODS,
+            {
+                "scope": rows.scope,
+                "method": method,
+                "device_id": [rows.device_id[i] for i in take],
+                "minute": [rows.minute[i] for i in take],
+            },
+        )
         await _upsert(
             conn,
             rows.scope,
-            rows.method,
+            method,
             unit,
             {
                 "device_id": [rows.device_id[i] for i in take],
@@ -210,14 +234,16 @@ async def _upsert(
 async def fuel_parameters(
     conn: psycopg.AsyncConnection, carriers: Sequence[str]
 ) -> list[FactorVersion]:
-    """Every version of the China-method parameters (calorific value, carbon content,
-    oxidation; standard variant) of the given fuel carriers."""
+    """Every version (standard variant) of the given fuel carriers' calorific values, carbon
+    contents, oxidation fractions and emission factors, and of the GWP values: what either
+    Scope 1 method may need."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             _FUEL_PARAMETERS,
             {
                 "carriers": sorted(set(carriers)),
-                "parameters": [p.value for p in CHINA_PARAMETERS],
+                "parameters": [p.value for p in FUEL_PARAMETERS],
+                "gwp": Parameter.GWP.value,
                 "variant": STANDARD_VARIANT,
             },
         )

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from carbonflow.factors.codes import GwpSet
 from carbonflow.factors.errors import FactorError
 from carbonflow.factors.selection import FactorMatch, FactorVersion, Level, region_chain, select
 from services.stream.emission_kernels import NO_FACTOR, emissions_by_interval
@@ -40,6 +41,8 @@ class DeviceSite:
     timezone: str
     grid_region: str
     country: str
+    # The organisation's GWP set, for Scope 1 CH4 and N2O (organisations.gwp_set).
+    gwp_set: GwpSet = GwpSet.AR6
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ ENERGY_MINUTES = Counter(
 )
 EMISSION_MINUTES = Counter(
     "carbonflow_stream_emission_minutes_written",
-    "Per-minute emissions rows computed and upserted, by method",
-    ["method"],
+    "Per-minute emissions rows computed and upserted, by scope",
+    ["scope"],
 )
 UNPRICED_MINUTES = Counter(
     "carbonflow_stream_unpriced_minutes",

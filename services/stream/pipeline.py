@@ -31,7 +31,7 @@ from services.stream.energy import (
     affected_windows,
     energy_intervals,
 )
-from services.stream.fuel_emissions import scope1_china_minutes
+from services.stream.fuel_emissions import scope1_fuel_minutes
 from services.stream.hourly_emissions import scope2_location_hourly
 from services.stream.lateness import split_late
 
@@ -228,14 +228,14 @@ async def price_energy(
 
 
 async def price_fuel(conn: psycopg.AsyncConnection, fuel: FuelIntervals) -> tuple[int, int]:
-    """Scope 1 emissions (China's method) of the recomputed fuel minutes."""
+    """Scope 1 emissions (China's method, else IPCC's) of the recomputed fuel minutes."""
     if not len(fuel):
         return 0, 0
     sites = await emission_store.device_sites(conn, fuel.device_id)
     parameters = await emission_store.fuel_parameters(
         conn, [site.carrier for site in sites.values()]
     )
-    rows, unpriced = scope1_china_minutes(fuel, sites, parameters)
+    rows, unpriced = scope1_fuel_minutes(fuel, sites, parameters)
     await emission_store.upsert_fuel_emissions(conn, rows)
     _log_unpriced(unpriced)
     return len(rows), sum(gap.minutes for gap in unpriced)
