@@ -107,7 +107,10 @@ def build_app(kafka: KafkaSettings, db: DatabaseSettings, settings: StreamSettin
             metrics.EVENTS_STORED.inc(added)
         await dead_letter(rejects)
 
-    @app.agent(readings_topic)
+    # Several batches in hand at once: while the database works on one, the next is
+    # decoded and prepared. Writes are idempotent and serialised per device (advisory
+    # locks), and Faust commits an offset only when every event before it is acknowledged.
+    @app.agent(readings_topic, concurrency=settings.batches_in_flight)
     async def store_readings(stream: Any) -> None:
         await open_pool()
         async for values in stream.take(settings.batch_max_events, within=settings.batch_within_s):

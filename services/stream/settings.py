@@ -11,6 +11,9 @@ class StreamSettings(BaseSettings):
 
     app_id: str = Field(default="carbonflow-stream", description="Faust app id = consumer group")
     batch_max_events: int = Field(default=500, ge=1, description="Kafka records per batch")
+    batches_in_flight: int = Field(
+        default=2, ge=1, le=8, description="Readings batches handled at once by one worker"
+    )
     batch_within_s: float = Field(default=0.5, gt=0, description="Longest wait to fill a batch")
     max_gap_s: float = Field(
         default=120.0, gt=0, description="Samples further apart are a gap, not integrated"
