@@ -5,7 +5,6 @@ it can price, and a minute never counts under two methods at once."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import uuid
 from collections.abc import Sequence
@@ -15,15 +14,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
 from carbonflow import db
 from carbonflow.config import DatabaseSettings
 from carbonflow.registry import upsert_layout
 from carbonflow.stack import Stack
 from edge.simulator.factory import small_factory
-from schemas import Reading, ReadingsRecord
-from services.stream.pipeline import BatchResult, store_batch
+from schemas import ReadingsRecord
+from services.stream.pipeline import BatchResult
+from tests.stream_batches import counter_record, query, store_batches
 
 pytestmark = pytest.mark.integration
 
@@ -100,37 +99,11 @@ def record(
     device_id: str, metric: tuple[str, str], points: Sequence[tuple[float, float]]
 ) -> ReadingsRecord:
     """One record of counter readings at (seconds after START, value)."""
-    times = [START + timedelta(seconds=s) for s, _ in points]
-    return ReadingsRecord(
-        gateway_id="gw",
-        device_id=device_id,
-        session_id="s",
-        seq=0,
-        sent_at=max(times),
-        received_at=max(times),
-        readings=[
-            Reading(ts=t, metric=metric[0], value=v, unit=metric[1])
-            for t, (_, v) in zip(times, points, strict=True)
-        ],
-    )
+    return counter_record(device_id, metric, points, START)
 
 
-def store(db_settings: DatabaseSettings, *batches: list[ReadingsRecord]) -> list[BatchResult]:
-    async def go() -> list[BatchResult]:
-        results = []
-        async with AsyncConnectionPool(db_settings.conninfo(), min_size=1, max_size=1) as pool:
-            for batch in batches:
-                result, rejects = await store_batch(pool, batch, MAX_GAP_S, source="t", now=START)
-                assert rejects == []
-                results.append(result)
-        return results
-
-    return asyncio.run(go())
-
-
-def query(db_settings: DatabaseSettings, sql: str, *params: object) -> list[tuple]:
-    with psycopg.connect(db_settings.conninfo()) as conn:
-        return conn.execute(sql, params).fetchall()
+def store(db: DatabaseSettings, *batches: list[ReadingsRecord]) -> list[BatchResult]:
+    return store_batches(db, batches, now=START, max_gap_s=MAX_GAP_S)
 
 
 def minute(k: int) -> datetime:
