@@ -32,7 +32,12 @@ from services.stream.emission_kernels import (
     _emissions_kernel,
     emissions_by_interval,
 )
-from services.stream.kernels import MinuteEnergy, _integrate_kernel, integrate_power_by_minute
+from services.stream.kernels import (
+    MinuteEnergy,
+    _integrate_kernel,
+    integrate_power_by_minute,
+    minute_grid,
+)
 
 GOAL_NUMBA_READINGS_PER_S = 20_000_000
 GOAL_NUMBA_OVER_NUMPY = 10.0
@@ -142,18 +147,12 @@ def numpy_interval(data: PowerSet) -> MinuteEnergy:
 
 
 def _out_starts(data: PowerSet) -> NDArray[np.int64]:
-    counts = data.minute_hi - data.minute_lo + 1
-    out = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=out[1:])
-    return out
+    return minute_grid(data.minute_lo, data.minute_hi)[0]
 
 
 def _empty_result(data: PowerSet) -> MinuteEnergy:
-    counts = data.minute_hi - data.minute_lo + 1
-    total = int(counts.sum())
-    group = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    minute = np.arange(total, dtype=np.int64) - np.repeat(_out_starts(data)[:-1], counts)
-    minute += np.repeat(data.minute_lo, counts)
+    _, group, minute = minute_grid(data.minute_lo, data.minute_hi)
+    total = len(minute)
     return MinuteEnergy(
         group,
         minute,

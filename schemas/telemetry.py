@@ -24,6 +24,9 @@ METRIC_UNITS: Final[dict[str, str]] = {
     "temperature": "K",
 }
 
+#: Readings in one batch, at most (the contract's limit).
+MAX_READINGS: Final = 10_000
+
 IDENTIFIER_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENTIFIER_PATTERN)]
 MetricName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
@@ -60,7 +63,7 @@ class TelemetryBatch(BaseModel):
     session_id: Identifier = Field(description="Changes whenever the gateway restarts")
     seq: int = Field(ge=0, description="Per-device batch sequence number within the session")
     sent_at: AwareDatetime
-    readings: list[Reading] = Field(min_length=1, max_length=10_000)
+    readings: list[Reading] = Field(min_length=1, max_length=MAX_READINGS)
 
 
 class ReadingsRecord(TelemetryBatch):

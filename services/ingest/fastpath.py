@@ -29,6 +29,7 @@ from annotated_types import MaxLen, MinLen
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from schemas import METRIC_UNITS, Quality, TelemetryBatch
+from schemas.telemetry import MAX_READINGS
 from services.ingest.accepted import AcceptedBatch
 
 _ROUNDING: Final = timedelta(microseconds=1)
@@ -46,9 +47,6 @@ def _identifier_rule(field: str) -> tuple[re.Pattern[str], int, int]:
 _IDENTIFIERS: Final = {
     name: _identifier_rule(name) for name in ("gateway_id", "device_id", "session_id")
 }
-_MAX_READINGS: Final = next(
-    m.max_length for m in TelemetryBatch.model_fields["readings"].metadata if isinstance(m, MaxLen)
-)
 
 _Aware = Annotated[datetime, msgspec.Meta(tz=True)]
 
@@ -67,7 +65,7 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     session_id: str
     seq: Annotated[int, msgspec.Meta(ge=0)]
     sent_at: str  # parsed by pydantic, once per message, so the header is exactly the record's
-    readings: Annotated[list[_Reading], msgspec.Meta(min_length=1, max_length=_MAX_READINGS)]
+    readings: Annotated[list[_Reading], msgspec.Meta(min_length=1, max_length=MAX_READINGS)]
     schema_version: Literal[1] = 1
 
 

@@ -17,9 +17,8 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any
 
-from annotated_types import MaxLen
 from pydantic import ValidationError
 
 from schemas import (
@@ -30,15 +29,9 @@ from schemas import (
     ReadingsRecord,
     TelemetryBatch,
 )
+from schemas.telemetry import MAX_READINGS
 from services.ingest.accepted import AcceptedBatch
 from services.ingest.fastpath import Window, clean_batch
-
-#: The contract's limit on readings per batch, read from the model so the two cannot drift.
-MAX_READINGS: Final = next(
-    int(m.max_length)
-    for m in TelemetryBatch.model_fields["readings"].metadata
-    if isinstance(m, MaxLen)
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from services.stream.kernels import minute_grid
+
 #: How intervals derived here are obtained; storage tells them from power integrals by it.
 COUNTER_DELTA_METHOD = "counter_delta"
 
@@ -161,13 +163,8 @@ def counter_deltas_by_minute(
     if not np.all(rises):
         raise ValueError("ts_s must strictly increase within each group")
 
-    counts = (minute_hi - minute_lo + 1).astype(np.int64)
-    out_starts = np.zeros(n_groups + 1, dtype=np.int64)
-    np.cumsum(counts, out=out_starts[1:])
-    total = int(out_starts[-1])
-    group = np.repeat(np.arange(n_groups, dtype=np.int64), counts)
-    minute = np.arange(total, dtype=np.int64) - np.repeat(out_starts[:-1], counts)
-    minute += np.repeat(minute_lo.astype(np.int64), counts)
+    out_starts, group, minute = minute_grid(minute_lo, minute_hi)
+    total = len(minute)
     delta = np.zeros(total, dtype=np.float64)
     covered = np.zeros(total, dtype=np.float64)
     samples = np.zeros(total, dtype=np.int64)

@@ -40,9 +40,10 @@ WHERE f.carrier = %(carrier)s AND f.parameter = %(parameter)s AND f.variant = %(
 """
 )
 
-# A new figure for a minute replaces the current one under another factor version (or
-# another lineage: any factor behind it restated) without erasing it: that one is marked
-# superseded, and stays queryable with its version.
+# A minute has one current figure per scope. A new one replaces the current one under
+# another method, factor version or lineage (any factor behind it restated) without erasing
+# it: that one is marked superseded, and stays queryable with its version. So rollups never
+# count a minute twice, whichever method priced it.
 _UPSERT = """
 WITH new AS (
     SELECT device_id, to_timestamp(minute * 60) AS ts, factor_id, factor_version, proxy,
@@ -56,9 +57,9 @@ WITH new AS (
     UPDATE emissions_1m x SET superseded_at = now()
     FROM new
     WHERE x.device_id = new.device_id AND x.ts = new.ts
-      AND x.scope = %(scope)s AND x.method = %(method)s AND x.superseded_at IS NULL
-      AND (x.factor_id, x.factor_version, x.lineage)
-          <> (new.factor_id, new.factor_version, new.lineage)
+      AND x.scope = %(scope)s AND x.superseded_at IS NULL
+      AND (x.method, x.factor_id, x.factor_version, x.lineage)
+          <> (%(method)s, new.factor_id, new.factor_version, new.lineage)
 )
 INSERT INTO emissions_1m AS x (device_id, ts, scope, method, factor_id, factor_version, proxy,
                                activity, activity_unit, kg_co2e, coverage, lineage,
@@ -77,16 +78,6 @@ ON CONFLICT (device_id, ts, scope, method, factor_id, factor_version, lineage) D
 WHERE (x.activity, x.activity_unit, x.kg_co2e, x.coverage, x.proxy, x.superseded_at IS NULL)
       IS DISTINCT FROM (EXCLUDED.activity, EXCLUDED.activity_unit, EXCLUDED.kg_co2e,
                         EXCLUDED.coverage, EXCLUDED.proxy, true)
-"""
-
-
-# Before a scope's figures of some minutes are written under one method: the current figures
-# of those minutes under another method of the scope are replaced (kept, marked superseded).
-_SUPERSEDE_OTHER_METHODS = """
-UPDATE emissions_1m x SET superseded_at = now()
-FROM unnest(%(device_id)s::text[], %(minute)s::bigint[]) AS n(device_id, minute)
-WHERE x.device_id = n.device_id AND x.ts = to_timestamp(n.minute * 60)
-  AND x.scope = %(scope)s AND x.method <> %(method)s AND x.superseded_at IS NULL
 """
 
 
@@ -113,39 +104,6 @@ async def grid_factors(conn: psycopg.AsyncConnection) -> list[FactorVersion]:
             },
         )
         return [FactorVersion.model_validate(row) for row in await cur.fetchall()]
-
-
-_COUNT_NEW = """
-SELECT count(*)
-FROM unnest(%(device_id)s::text[], %(minute)s::bigint[], %(factor_id)s::text[],
-            %(factor_version)s::int[]) AS n(device_id, minute, factor_id, factor_version)
-WHERE NOT EXISTS (
-    SELECT 1 FROM emissions_1m x
-    WHERE x.device_id = n.device_id AND x.ts = to_timestamp(n.minute * 60)
-      AND x.scope = %(scope)s AND x.method = %(method)s
-      AND x.factor_id = n.factor_id AND x.factor_version = n.factor_version
-)
-"""
-
-
-async def count_new(conn: psycopg.AsyncConnection, rows: EmissionRows) -> int:
-    """How many of ``rows`` are figures under a factor version the minute had none under."""
-    if not len(rows):
-        return 0
-    async with conn.cursor() as cur:
-        await cur.execute(
-            _COUNT_NEW,
-            {
-                "scope": rows.scope,
-                "method": rows.method,
-                "device_id": rows.device_id,
-                "minute": rows.minute,
-                "factor_id": rows.factor_id,
-                "factor_version": rows.factor_version,
-            },
-        )
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
 
 async def upsert_emissions(conn: psycopg.AsyncConnection, rows: EmissionRows) -> None:
@@ -176,20 +134,10 @@ async def upsert_emissions(conn: psycopg.AsyncConnection, rows: EmissionRows) ->
 
 async def upsert_fuel_emissions(conn: psycopg.AsyncConnection, rows: FuelEmissionRows) -> None:
     """Write Scope 1 rows (activity: the fuel quantity) with every factor version used, each
-    under its own method. A minute now priced by one method has its current figure under the
-    other marked superseded first, so rollups never count a minute twice."""
+    under its own method."""
     keys = list(zip(rows.method, rows.unit, strict=True))
     for method, unit in sorted(set(keys)):
         take = [i for i, key in enumerate(keys) if key == (method, unit)]
-        await conn.execute(
-            _SUPERSEDE_OTHER_METHODS,
-            {
-                "scope": rows.scope,
-                "method": method,
-                "device_id": [rows.device_id[i] for i in take],
-                "minute": [rows.minute[i] for i in take],
-            },
-        )
         await _upsert(
             conn,
             rows.scope,

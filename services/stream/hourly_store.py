@@ -11,7 +11,7 @@ import psycopg
 
 from carbonflow.emissions.factors import FactorRef
 from carbonflow.emissions.grid_series import SECONDS_PER_HOUR, HourlyGridSeries
-from services.stream.emissions import DeviceSite, EmissionRows
+from services.stream.emissions import DeviceSite
 from services.stream.hourly_emissions import LoadedSeries
 
 # The latest load of each series of the regions whose span meets [start, end), with its
@@ -32,17 +32,6 @@ LEFT JOIN grid_intensity_hours h
  AND h.hour_start > %(start)s - interval '1 hour' AND h.hour_start < %(end)s
 WHERE l.first_hour < %(end)s AND l.end_hour > %(start)s
 ORDER BY l.series_id, h.hour_start
-"""
-
-# A minute has one current location-based figure: writing one under the other method (an
-# hourly series now covers a minute the annual factor priced, or the reverse) marks the
-# other superseded. Its own method's earlier rows are handled by the upsert itself.
-_SUPERSEDE_OTHER_METHOD = """
-UPDATE emissions_1m x SET superseded_at = now()
-FROM unnest(%(device_id)s::text[], %(minute)s::bigint[]) AS n(device_id, minute)
-WHERE x.device_id = n.device_id AND x.ts = to_timestamp(n.minute * 60)
-  AND x.scope = %(scope)s AND x.method LIKE 'scope2_location%%' AND x.method <> %(method)s
-  AND x.superseded_at IS NULL
 """
 
 
@@ -87,19 +76,3 @@ def minute_range(minutes: Iterable[int]) -> tuple[datetime, datetime]:
         raise ValueError("no minutes")
     start = datetime.fromtimestamp(ordered[0] * 60, UTC)
     return start, datetime.fromtimestamp(ordered[-1] * 60, UTC) + timedelta(minutes=1)
-
-
-async def supersede_other_method(conn: psycopg.AsyncConnection, rows: EmissionRows) -> None:
-    """Before writing ``rows``: mark the other location method's current figures of the
-    same minutes superseded, so rollups never count a minute twice."""
-    if not len(rows):
-        return
-    await conn.execute(
-        _SUPERSEDE_OTHER_METHOD,
-        {
-            "scope": rows.scope,
-            "method": rows.method,
-            "device_id": rows.device_id,
-            "minute": rows.minute,
-        },
-    )

@@ -53,13 +53,8 @@ def integrate_power_by_minute(
         raise ValueError("minute_hi must not be before minute_lo")
     if max_gap_s <= 0:
         raise ValueError("max_gap_s must be positive")
-    counts = (minute_hi - minute_lo + 1).astype(np.int64)
-    out_starts = np.zeros(n_groups + 1, dtype=np.int64)
-    np.cumsum(counts, out=out_starts[1:])
-    total = int(out_starts[-1])
-    group = np.repeat(np.arange(n_groups, dtype=np.int64), counts)
-    minute = np.arange(total, dtype=np.int64) - np.repeat(out_starts[:-1], counts)
-    minute += np.repeat(minute_lo.astype(np.int64), counts)
+    out_starts, group, minute = minute_grid(minute_lo, minute_hi)
+    total = len(minute)
     energy = np.zeros(total, dtype=np.float64)
     covered = np.zeros(total, dtype=np.float64)
     samples = np.zeros(total, dtype=np.int64)
@@ -76,6 +71,21 @@ def integrate_power_by_minute(
         samples,
     )
     return MinuteEnergy(group, minute, energy, covered, samples)
+
+
+def minute_grid(
+    minute_lo: NDArray[np.int64], minute_hi: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """The rows of a per-minute result: every minute ``minute_lo[g]``..``minute_hi[g]`` of
+    each group in turn. Returns where each group's rows start (one more entry than groups),
+    and each row's group and epoch minute."""
+    counts = (minute_hi - minute_lo + 1).astype(np.int64)
+    starts = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    group = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    minute = np.arange(int(starts[-1]), dtype=np.int64) - np.repeat(starts[:-1], counts)
+    minute += np.repeat(minute_lo.astype(np.int64), counts)
+    return starts, group, minute
 
 
 @njit(cache=True, nogil=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -24,7 +24,7 @@ from services.stream.counter_routes import (
     split_counter_intervals,
 )
 from services.stream.counters import COUNTER_DELTA_METHOD
-from services.stream.emissions import Unpriced, scope2_location
+from services.stream.emissions import DeviceSite, Unpriced, scope2_location
 from services.stream.energy import (
     DeviceWindow,
     EnergyIntervals,
@@ -127,8 +127,7 @@ async def process_batch(
         await store.upsert_energy(conn, counted.energy, COUNTER_DELTA_METHOD)
         await store.upsert_fuel(conn, counted.fuel)
         energy = _concat(power, counted.energy)
-        scope2_minutes, scope2_unpriced = await price_energy(conn, energy)
-        scope1_minutes, scope1_unpriced = await price_fuel(conn, counted.fuel)
+        priced = await price_minutes(conn, energy, counted.fuel)
         rollup_rows = await rollup_store.recompute_hours(
             conn,
             rollup_store.hours_touched(
@@ -140,11 +139,11 @@ async def process_batch(
         records=taken,
         new_readings=new_readings,
         energy_minutes=len(energy),
-        emission_minutes=scope2_minutes,
-        unpriced_minutes=scope2_unpriced + scope1_unpriced,
+        emission_minutes=priced.scope2,
+        unpriced_minutes=priced.scope2_unpriced + priced.scope1_unpriced,
         rollup_rows=rollup_rows,
         fuel_minutes=len(counted.fuel),
-        scope1_minutes=scope1_minutes,
+        scope1_minutes=priced.scope1,
         counter_events=counted.events,
         late_readings=late_count,
     )
@@ -196,18 +195,39 @@ def _concat(a: EnergyIntervals, b: EnergyIntervals) -> EnergyIntervals:
     )
 
 
-async def price_energy(
-    conn: psycopg.AsyncConnection, intervals: EnergyIntervals
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """Emissions rows written and minutes left unpriced, per scope."""
+
+    scope2: int
+    scope2_unpriced: int
+    scope1: int
+    scope1_unpriced: int
+
+
+async def price_minutes(
+    conn: psycopg.AsyncConnection, energy: EnergyIntervals, fuel: FuelIntervals
+) -> Priced:
+    """Emissions of recomputed energy minutes (Scope 2) and fuel minutes (Scope 1), with the
+    devices' sites looked up once for both."""
+    if not len(energy) and not len(fuel):
+        return Priced(0, 0, 0, 0)
+    sites = await emission_store.device_sites(conn, [*energy.device_id, *fuel.device_id])
+    scope2, scope2_unpriced = await _price_energy(conn, energy, sites)
+    scope1, scope1_unpriced = await _price_fuel(conn, fuel, sites)
+    return Priced(scope2, scope2_unpriced, scope1, scope1_unpriced)
+
+
+async def _price_energy(
+    conn: psycopg.AsyncConnection, intervals: EnergyIntervals, sites: Mapping[str, DeviceSite]
 ) -> tuple[int, int]:
     """Scope 2 location-based emissions of the recomputed minutes: (rows, minutes unpriced)."""
     if not len(intervals):
         return 0, 0
-    sites = await emission_store.device_sites(conn, intervals.device_id)
     # An hourly grid-intensity series prices the minutes it covers; the annual factors the rest.
     start, end = hourly_store.minute_range(intervals.minute)
     series = await hourly_store.series_covering(conn, hourly_store.regions_of(sites), start, end)
     hourly = scope2_location_hourly(intervals, sites, series)
-    await hourly_store.supersede_other_method(conn, hourly.rows)
     await emission_store.upsert_emissions(conn, hourly.rows)
     for gap in hourly.unpriced:
         logger.warning(
@@ -218,7 +238,6 @@ async def price_energy(
         )
     factors = await emission_store.grid_factors(conn)
     rows, unpriced = scope2_location(hourly.rest, sites, factors)
-    await hourly_store.supersede_other_method(conn, rows)
     await emission_store.upsert_emissions(conn, rows)
     _log_unpriced(unpriced)
     return (
@@ -227,11 +246,12 @@ async def price_energy(
     )
 
 
-async def price_fuel(conn: psycopg.AsyncConnection, fuel: FuelIntervals) -> tuple[int, int]:
+async def _price_fuel(
+    conn: psycopg.AsyncConnection, fuel: FuelIntervals, sites: Mapping[str, DeviceSite]
+) -> tuple[int, int]:
     """Scope 1 emissions (China's method, else IPCC's) of the recomputed fuel minutes."""
     if not len(fuel):
         return 0, 0
-    sites = await emission_store.device_sites(conn, fuel.device_id)
     parameters = await emission_store.fuel_parameters(
         conn, [site.carrier for site in sites.values()]
     )

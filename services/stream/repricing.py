@@ -19,7 +19,7 @@ from carbonflow.config import DatabaseSettings
 from services.stream import rollup_store, store
 from services.stream.counter_routes import FuelIntervals
 from services.stream.energy import EnergyIntervals
-from services.stream.pipeline import price_energy, price_fuel
+from services.stream.pipeline import price_minutes
 
 # Which minutes to price again: those whose current figure used the factor (anywhere in its
 # lineage), or a proxy, or (a newly loaded hourly series) any minute of a device in the
@@ -99,8 +99,7 @@ async def reprice(
         if not minutes:
             return Repriced(0, 0, 0, 0)
         await store.lock_devices(conn, [*energy.device_id, *fuel.device_id])
-        _, unpriced_energy = await price_energy(conn, energy)
-        _, unpriced_fuel = await price_fuel(conn, fuel)
+        priced = await price_minutes(conn, energy, fuel)
         async with conn.cursor() as cur:
             await cur.execute(_CHANGED)
             row = await cur.fetchone()
@@ -113,7 +112,7 @@ async def reprice(
     return Repriced(
         minutes=minutes,
         changed=int(row[0]) if row else 0,
-        unpriced=unpriced_energy + unpriced_fuel,
+        unpriced=priced.scope2_unpriced + priced.scope1_unpriced,
         rollup_rows=rollup_rows,
     )
 

@@ -31,7 +31,6 @@ from services.stream.hourly_store import (
     minute_range,
     regions_of,
     series_covering,
-    supersede_other_method,
 )
 
 pytestmark = pytest.mark.integration
@@ -115,7 +114,6 @@ def price(db: DatabaseSettings, intervals: EnergyIntervals, *, write: bool) -> H
             loaded = await series_covering(conn, regions_of(sites), start, end)
             pricing = scope2_location_hourly(intervals, sites, loaded)
             if write:
-                await supersede_other_method(conn, pricing.rows)
                 await emission_store.upsert_emissions(conn, pricing.rows)
                 await conn.commit()
             return pricing

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas import DeadLetterReason, ReadingsRecord
+from schemas.telemetry import MAX_READINGS
 from services.ingest.validation import (
-    MAX_READINGS,
     Outcome,
     ValidationPolicy,
     device_from_topic,

@@ -27,7 +27,7 @@ from typing import Final
 from pydantic import TypeAdapter, ValidationError
 
 from schemas import DeadLetterReason, DeadLetterRecord, Quality, Reading, ReadingsRecord
-from schemas.telemetry import Identifier
+from schemas.telemetry import MAX_READINGS, Identifier
 from services.ingest.sparkplug.codec import (
     DatatypeMismatchError,
     Scalar,
@@ -43,7 +43,7 @@ from services.ingest.sparkplug.sessions import (
     payload_time,
 )
 from services.ingest.sparkplug.topics import SparkplugTopic
-from services.ingest.validation import MAX_READINGS, ValidationPolicy
+from services.ingest.validation import ValidationPolicy
 
 _IDENTIFIER: Final = TypeAdapter(Identifier)
 
